@@ -1,0 +1,93 @@
+//! Command-line interface: one file per subcommand.
+
+pub mod chat;
+pub mod inspect;
+pub mod perplexity;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "expert", version, about = "Run Qwen3 language models locally and chat with them")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Chat with a model: one-shot with --prompt, interactive without.
+    Chat(chat::ChatArgs),
+    /// Score a text file: mean negative log-likelihood and perplexity.
+    Perplexity(perplexity::PerplexityArgs),
+    /// Show a model's config, tensors and validation verdict.
+    Inspect(inspect::InspectArgs),
+}
+
+/// Where the model comes from and how it is computed.
+#[derive(Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// A local Hugging Face directory, a .gguf file, or a Hub repo id (e.g. Qwen/Qwen3-0.6B).
+    #[arg(long, short = 'm')]
+    pub model: String,
+    /// Compute dtype: auto (f32 on CPU, bf16 on CUDA), f32, bf16 or f16.
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
+    /// cpu, cuda or auto.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// A model ready to generate: weights, tokenizer and the model's own
+/// generation settings.
+pub struct Loaded {
+    pub engine: crate::generate::Engine,
+    pub tokenizer: crate::tokenizer::Tokenizer,
+    /// The model directory or file the weights came from.
+    pub path: std::path::PathBuf,
+    /// eos ids: generation_config.json's list, else config.json's.
+    pub eos_ids: Vec<u32>,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> anyhow::Result<Loaded> {
+        let path = crate::hub::resolve(&self.model)?;
+        let device = crate::model::select_device(&self.device)?;
+        let dtype = crate::model::select_dtype(&self.dtype, &device)?;
+        let model = crate::model::load_dir(&path, dtype, &device)?;
+        let tokenizer = crate::tokenizer::Tokenizer::from_dir(&path)?;
+        let gen_cfg = path.join("generation_config.json");
+        let mut eos_ids = if gen_cfg.is_file() {
+            crate::sampling::eos_ids_from_generation_config(&gen_cfg)?
+        } else {
+            vec![]
+        };
+        if eos_ids.is_empty() {
+            eos_ids = model.config.eos_token_ids.clone();
+        }
+        Ok(Loaded {
+            engine: crate::generate::Engine::new(model),
+            tokenizer,
+            path,
+            eos_ids,
+        })
+    }
+}
+
+/// Runs the CLI and returns the process exit code. Every error is printed as
+/// a single `error:` line.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Chat(a) => chat::run(a),
+        Command::Perplexity(a) => perplexity::run(a),
+        Command::Inspect(a) => inspect::run(a),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {msg}");
+            1
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! `expert perplexity`: mean NLL of a text under the model.
+
+use super::ModelArgs;
+use crate::model::Model;
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Tensor, D};
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct PerplexityArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// UTF-8 text file to score.
+    #[arg(long)]
+    pub file: PathBuf,
+    /// Window length in tokens (default: the whole text when it fits the context).
+    #[arg(long)]
+    pub context: Option<usize>,
+    /// Print {"tokens", "nll", "ppl"} as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Score {
+    /// Tokens scored (every token after the first of each window).
+    pub tokens: usize,
+    /// Mean negative log-likelihood in nats.
+    pub nll: f64,
+    pub ppl: f64,
+}
+
+pub fn run(args: PerplexityArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let loaded = args.model.load()?;
+    let ids = loaded.tokenizer.encode_with_specials(&text)?;
+    let mut model = loaded.engine.model;
+    let max = model.config.context_length();
+    let window = args.context.unwrap_or(max.min(ids.len().max(2)));
+    if window < 2 || window > max {
+        bail!("--context: expected a window between 2 and the model's context of {max}, got {window}");
+    }
+    let score = perplexity(&mut model, &ids, window, !args.json)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&score)?);
+    } else {
+        println!(
+            "{}: {} tokens scored, mean NLL {:.6}, perplexity {:.4}",
+            args.file.display(),
+            score.tokens,
+            score.nll,
+            score.ppl
+        );
+    }
+    Ok(())
+}
+
+/// Scores `ids` in consecutive windows of `window` tokens; within a window
+/// every token after the first is predicted from the ones before it. For a
+/// text that fits one window this is transformers' `model(ids, labels=ids).loss`.
+pub fn perplexity(model: &mut Model, ids: &[u32], window: usize, progress: bool) -> Result<Score> {
+    if ids.len() < 2 {
+        bail!("the text has {} token(s); at least 2 are needed to score", ids.len());
+    }
+    let windows: Vec<&[u32]> = ids.chunks(window).filter(|w| w.len() >= 2).collect();
+    let bar = if progress && windows.len() > 1 {
+        indicatif::ProgressBar::new(windows.len() as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let (mut total, mut count) = (0f64, 0usize);
+    for w in windows {
+        model.reset_cache();
+        let hidden = model.forward_hidden(w)?;
+        // The lm_head runs in slices: full-vocabulary logits for a long
+        // window would not fit in memory at once.
+        let n = w.len() - 1;
+        let mut start = 0;
+        while start < n {
+            let len = (n - start).min(256);
+            let logits = model.logits(&hidden.narrow(0, start, len)?)?;
+            let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+            let targets = Tensor::new(&w[start + 1..start + 1 + len], logp.device())?;
+            let picked = logp.gather(&targets.unsqueeze(1)?, 1)?.to_dtype(DType::F64)?;
+            total -= picked.sum_all()?.to_scalar::<f64>()?;
+            start += len;
+        }
+        count += n;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    model.reset_cache();
+    let nll = total / count as f64;
+    Ok(Score {
+        tokens: count,
+        nll,
+        ppl: nll.exp(),
+    })
+}

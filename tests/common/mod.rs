@@ -1,0 +1,59 @@
+//! Shared helpers for the integration tests: fixture paths, goldens, and
+//! running the `expert` binary.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    root().join("tests/fixtures/qwen3").join(name)
+}
+
+pub fn golden(name: &str) -> Value {
+    read_json(&fixture(name).join("golden.json"))
+}
+
+pub fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+pub fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .expect("list of ids")
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+pub fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .expect("list of numbers")
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+/// Every Qwen3 fixture directory.
+pub const FIXTURES: [&str; 6] = ["tiny", "untied-f32", "sharded", "yarn", "linear", "dynamic"];
+
+/// Runs the expert binary with `args`.
+pub fn expert(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_expert"))
+        .args(args)
+        .output()
+        .expect("run expert")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

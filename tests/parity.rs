@@ -1,0 +1,194 @@
+//! Our forward pass against transformers' float32 goldens, for every
+//! fixture (see tests/fixtures/README.md and scripts/make_fixtures.py).
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use common::*;
+use expert::cli::perplexity::perplexity;
+use expert::generate::Engine;
+use expert::model::{load_dir, Model};
+
+fn load(name: &str, dtype: DType) -> Model {
+    load_dir(&fixture(name), dtype, &Device::Cpu).unwrap_or_else(|e| panic!("{name}: {e:#}"))
+}
+
+fn argmax(t: &Tensor) -> u32 {
+    t.argmax(0).unwrap().to_scalar::<u32>().unwrap()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (*x as f64 - y).abs()).fold(0.0, f64::max)
+}
+
+#[test]
+fn logits_match_transformers() {
+    for name in FIXTURES {
+        let g = golden(name);
+        let mut model = load(name, DType::F32);
+        let mut worst = 0f64;
+        for seq in g["sequences"].as_array().unwrap() {
+            let ids = ids(&seq["ids"]);
+            model.reset_cache();
+            let logits = model.forward(&ids).unwrap();
+            let slice = &seq["logits"];
+            let start = slice["start"].as_u64().unwrap() as usize;
+            for (pos, expected) in slice["positions"].as_array().unwrap().iter().zip(slice["values"].as_array().unwrap()) {
+                let expected = floats(expected);
+                let row: Vec<f32> = logits
+                    .get(pos.as_u64().unwrap() as usize)
+                    .unwrap()
+                    .narrow(0, start, expected.len())
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                let d = max_abs_diff(&row, &expected);
+                worst = worst.max(d);
+                assert!(d <= 1e-4, "{name}: position {pos}: max |Δlogit| {d:e}");
+            }
+            // The 20 largest logits at the last position, in order.
+            let last = logits.get(ids.len() - 1).unwrap();
+            let top_ids = common::ids(&seq["last_top"]["ids"]);
+            let top_vals = floats(&seq["last_top"]["values"]);
+            let last_v: Vec<f32> = last.to_vec1().unwrap();
+            for (i, (&id, &v)) in top_ids.iter().zip(&top_vals).enumerate() {
+                let d = (last_v[id as usize] as f64 - v).abs();
+                assert!(d <= 1e-4, "{name}: top-{i} id {id}: {} vs {v}", last_v[id as usize]);
+            }
+        }
+        eprintln!("{name}: max |Δlogit| = {worst:e}");
+    }
+}
+
+#[test]
+fn mean_nll_matches_transformers() {
+    for name in FIXTURES {
+        let g = golden(name);
+        let mut model = load(name, DType::F32);
+        let mut cases: Vec<(Vec<u32>, f64)> = g["sequences"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (ids(&s["ids"]), s["nll"].as_f64().unwrap()))
+            .collect();
+        if let Some(texts) = g["texts"].as_array() {
+            cases.extend(texts.iter().map(|t| (ids(&t["ids"]), t["nll"].as_f64().unwrap())));
+        }
+        for (ids, nll) in cases {
+            let score = perplexity(&mut model, &ids, ids.len(), false).unwrap();
+            let rel = (score.nll - nll).abs() / nll;
+            eprintln!("{name}: {} tokens, nll {:.8} vs {nll:.8}, rel {rel:e}", ids.len(), score.nll);
+            assert!(rel <= 1e-5, "{name}: nll {} vs transformers {nll} (rel {rel:e})", score.nll);
+            assert_eq!(score.tokens, ids.len() - 1);
+        }
+    }
+}
+
+#[test]
+fn greedy_continuations_match_transformers() {
+    for name in FIXTURES {
+        let g = golden(name);
+        let mut engine = Engine::new(load(name, DType::F32));
+        for case in g["greedy"].as_array().unwrap() {
+            let prompt = ids(&case["prompt_ids"]);
+            let expected = ids(&case["new_ids"]);
+            engine.reset();
+            let (mut logits, _) = engine.prefill(&prompt).unwrap();
+            let mut got = vec![];
+            for _ in 0..expected.len() {
+                let id = argmax(&logits);
+                got.push(id);
+                logits = engine.decode_step(id).unwrap();
+            }
+            assert_eq!(got, expected, "{name}: greedy continuation of {prompt:?}");
+        }
+    }
+}
+
+/// Decoding with the KV cache gives the logits of recomputing the whole
+/// sequence, and a one-pass prefill equals feeding the prompt token by token.
+#[test]
+fn kv_cache_equals_full_recompute() {
+    for name in ["tiny", "untied-f32", "yarn", "dynamic"] {
+        let g = golden(name);
+        let ids = ids(&g["sequences"][0]["ids"]);
+        let mut model = load(name, DType::F32);
+        let full = model.forward(&ids).unwrap();
+        model.reset_cache();
+        let mut worst = 0f32;
+        for (i, &id) in ids.iter().enumerate() {
+            let step = model.forward_last(&[id]).unwrap();
+            let d = (step - full.get(i).unwrap())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            worst = worst.max(d);
+        }
+        assert!(worst <= 1e-4, "{name}: token-by-token vs one pass: {worst:e}");
+        // Split prefill: half in one pass, the rest in a second pass.
+        model.reset_cache();
+        let half = ids.len() / 2;
+        model.forward(&ids[..half]).unwrap();
+        let rest = model.forward(&ids[half..]).unwrap();
+        let d = (rest - full.narrow(0, half, ids.len() - half).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d <= 1e-4, "{name}: two-part prefill: {d:e}");
+    }
+}
+
+/// Rolling the cache back to a position and continuing equals a fresh run.
+#[test]
+fn truncated_cache_equals_fresh_prefill() {
+    let g = golden("tiny");
+    let ids = ids(&g["sequences"][0]["ids"]);
+    let mut engine = Engine::new(load("tiny", DType::F32));
+    let (fresh, n) = engine.prefill(&ids).unwrap();
+    assert_eq!(n, ids.len());
+    // A different continuation after a shared prefix: only the new part runs.
+    let mut other = ids[..ids.len() / 2].to_vec();
+    other.extend([11, 12, 13]);
+    let (_, n) = engine.prefill(&other).unwrap();
+    assert_eq!(n, 3);
+    let (again, n) = engine.prefill(&ids).unwrap();
+    assert_eq!(n, ids.len() - ids.len() / 2);
+    let d = (fresh - again).unwrap().abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    assert!(d <= 1e-4, "{d:e}");
+}
+
+#[test]
+fn bf16_compute_stays_close() {
+    for name in ["tiny", "sharded"] {
+        let g = golden(name);
+        let mut model = load(name, DType::BF16);
+        for s in g["sequences"].as_array().unwrap() {
+            let ids = ids(&s["ids"]);
+            let nll = s["nll"].as_f64().unwrap();
+            let score = perplexity(&mut model, &ids, ids.len(), false).unwrap();
+            let rel = (score.nll - nll).abs() / nll;
+            eprintln!("{name} bf16: nll {:.6} vs {nll:.6}, rel {rel:e}", score.nll);
+            assert!(rel <= 1e-2, "{name}: bf16 nll {} vs {nll} (rel {rel:e})", score.nll);
+        }
+    }
+}
+
+#[test]
+fn sequence_longer_than_context_is_an_error() {
+    let mut model = load("yarn", DType::F32);
+    assert_eq!(model.config.context_length(), 128);
+    let n = model.config.context_length() + 1;
+    let e = model.forward(&vec![1; n]).unwrap_err().to_string();
+    assert!(e.contains("exceeds the model's context"), "{e}");
+}
