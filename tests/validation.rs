@@ -10,13 +10,20 @@ use std::path::Path;
 
 /// Copies the `tiny` fixture into a temp dir, letting `edit` change its
 /// tensors and config.
-fn broken(edit: impl FnOnce(&mut HashMap<String, Tensor>, &mut serde_json::Value)) -> tempfile::TempDir {
+fn broken(
+    edit: impl FnOnce(&mut HashMap<String, Tensor>, &mut serde_json::Value),
+) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let src = fixture("tiny");
-    for f in ["tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
         std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
     }
-    let mut tensors = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut tensors =
+        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
     let mut config = read_json(&src.join("config.json"));
     edit(&mut tensors, &mut config);
     candle_core::safetensors::save(&tensors, dir.path().join("model.safetensors")).unwrap();
@@ -34,7 +41,13 @@ fn load_err(dir: &Path) -> String {
 /// The CLI prints exactly one `error:` line and exits 1.
 fn cli_err(dir: &Path) -> String {
     let text = root().join("tests/fixtures/text/english.txt");
-    let o = expert(&["perplexity", "--model", dir.to_str().unwrap(), "--file", text.to_str().unwrap()]);
+    let o = expert(&[
+        "perplexity",
+        "--model",
+        dir.to_str().unwrap(),
+        "--file",
+        text.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let err = stderr(&o);
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -48,7 +61,10 @@ fn missing_tensor_is_named() {
         t.remove("model.layers.1.mlp.up_proj.weight");
     });
     let e = load_err(d.path());
-    assert!(e.contains("missing tensor `model.layers.1.mlp.up_proj.weight`"), "{e}");
+    assert!(
+        e.contains("missing tensor `model.layers.1.mlp.up_proj.weight`"),
+        "{e}"
+    );
     assert!(cli_err(d.path()).contains("model.layers.1.mlp.up_proj.weight"));
 }
 
@@ -70,7 +86,10 @@ fn wrong_shape_reports_expected_and_found() {
 fn untied_without_lm_head_is_refused() {
     let d = broken(|_, c| c["tie_word_embeddings"] = false.into());
     let e = load_err(d.path());
-    assert!(e.contains("missing tensor `lm_head.weight`") && e.contains("tie_word_embeddings is false"), "{e}");
+    assert!(
+        e.contains("missing tensor `lm_head.weight`") && e.contains("tie_word_embeddings is false"),
+        "{e}"
+    );
     cli_err(d.path());
 }
 
@@ -78,7 +97,10 @@ fn untied_without_lm_head_is_refused() {
 fn bad_config_field_is_named() {
     let d = broken(|_, c| c["num_key_value_heads"] = 3.into());
     let e = load_err(d.path());
-    assert!(e.contains("config.json") && e.contains("`num_key_value_heads`"), "{e}");
+    assert!(
+        e.contains("config.json") && e.contains("`num_key_value_heads`"),
+        "{e}"
+    );
     let d = broken(|_, c| c["hidden_size"] = "wide".into());
     let e = cli_err(d.path());
     assert!(e.contains("`hidden_size`"), "{e}");
@@ -86,13 +108,22 @@ fn bad_config_field_is_named() {
 
 #[test]
 fn inspect_reports_the_verdict() {
-    let o = expert(&["inspect", "--model", fixture("sharded").to_str().unwrap(), "--json"]);
+    let o = expert(&[
+        "inspect",
+        "--model",
+        fixture("sharded").to_str().unwrap(),
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["valid"], true);
     assert_eq!(v["lm_head"], "tied_stored_copy");
-    let files: std::collections::BTreeSet<&str> =
-        v["tensors"].as_array().unwrap().iter().map(|t| t["file"].as_str().unwrap()).collect();
+    let files: std::collections::BTreeSet<&str> = v["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["file"].as_str().unwrap())
+        .collect();
     assert_eq!(files.len(), 3, "{files:?}");
     let cfg = read_json(&fixture("sharded").join("config.json"));
     let n_layers = cfg["num_hidden_layers"].as_u64().unwrap() as usize;

@@ -75,13 +75,20 @@ pub fn run(args: ChatArgs) -> Result<()> {
     };
     let json = args.json;
     let mut stdout = std::io::stdout();
-    let gen = loaded.engine.generate(&ids, &loaded.tokenizer, &mut sampler, &opts, None, &mut |t| {
-        if !json {
-            stdout.write_all(t.as_bytes())?;
-            stdout.flush()?;
-        }
-        Ok(())
-    })?;
+    let gen = loaded.engine.generate(
+        &ids,
+        &loaded.tokenizer,
+        &mut sampler,
+        &opts,
+        None,
+        &mut |t| {
+            if !json {
+                stdout.write_all(t.as_bytes())?;
+                stdout.flush()?;
+            }
+            Ok(())
+        },
+    )?;
     if json {
         let out = serde_json::json!({
             "text": gen.text,

@@ -18,7 +18,7 @@ pub struct InspectArgs {
 }
 
 pub fn run(args: InspectArgs) -> Result<()> {
-    let dir = crate::hub::resolve(&args.model.model)?;
+    let dir = args.model.resolve()?;
     let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
     // Only headers are read: no tensor data is loaded.
     let src = SafetensorsSource::open(&dir, DType::F32, &Device::Cpu)?;
@@ -73,7 +73,11 @@ pub fn run(args: InspectArgs) -> Result<()> {
         "rope         theta {}  scaling {:?}  context {}",
         cfg.rope.theta, cfg.rope.scaling, cfg.max_position_embeddings
     );
-    println!("parameters   {} ({:.1}M)", cfg.parameter_count(), cfg.parameter_count() as f64 / 1e6);
+    println!(
+        "parameters   {} ({:.1}M)",
+        cfg.parameter_count(),
+        cfg.parameter_count() as f64 / 1e6
+    );
     let head = match v.lm_head {
         Some(crate::model::weights::LmHead::Tied) => "tied to the embedding",
         Some(crate::model::weights::LmHead::TiedStoredCopy) => "tied, stored copy used",
@@ -81,7 +85,10 @@ pub fn run(args: InspectArgs) -> Result<()> {
         None => "MISSING",
     };
     println!("lm_head      {head}");
-    println!("lora targets {} (norms are never adapted)", LORA_TARGETS.join(", "));
+    println!(
+        "lora targets {} (norms are never adapted)",
+        LORA_TARGETS.join(", ")
+    );
     println!("tensors      {}", v.tensors.len());
     for t in &v.tensors {
         println!("  {:<55} {:<5} {:?}  {}", t.name, t.dtype, t.shape, t.file);
@@ -104,6 +111,9 @@ pub fn run(args: InspectArgs) -> Result<()> {
 fn verdict(dir: &std::path::Path, v: &crate::model::weights::Validation) -> Result<()> {
     match v.problems.first() {
         None => Ok(()),
-        Some(p) => anyhow::bail!("{}: checkpoint does not match config.json: {p}", dir.display()),
+        Some(p) => anyhow::bail!(
+            "{}: checkpoint does not match config.json: {p}",
+            dir.display()
+        ),
     }
 }

@@ -7,7 +7,11 @@ pub mod perplexity;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "expert", version, about = "Run Qwen3 language models locally and chat with them")]
+#[command(
+    name = "expert",
+    version,
+    about = "Run Qwen3 language models locally and chat with them"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -35,6 +39,12 @@ pub struct ModelArgs {
     /// cpu, cuda or auto.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Hub revision (branch, tag or commit) when --model is a repo id.
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// Use only the local Hugging Face cache (like HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    pub offline: bool,
 }
 
 /// A model ready to generate: weights, tokenizer and the model's own
@@ -49,8 +59,17 @@ pub struct Loaded {
 }
 
 impl ModelArgs {
+    /// The local directory or file `--model` names (fetched from the Hub if needed).
+    pub fn resolve(&self) -> anyhow::Result<std::path::PathBuf> {
+        let opts = crate::hub::HubOptions {
+            revision: self.revision.clone(),
+            offline: self.offline,
+        };
+        crate::hub::resolve(&self.model, &opts)
+    }
+
     pub fn load(&self) -> anyhow::Result<Loaded> {
-        let path = crate::hub::resolve(&self.model)?;
+        let path = self.resolve()?;
         let device = crate::model::select_device(&self.device)?;
         let dtype = crate::model::select_dtype(&self.dtype, &device)?;
         let model = crate::model::load_dir(&path, dtype, &device)?;

@@ -40,7 +40,9 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
     let max = model.config.context_length();
     let window = args.context.unwrap_or(max.min(ids.len().max(2)));
     if window < 2 || window > max {
-        bail!("--context: expected a window between 2 and the model's context of {max}, got {window}");
+        bail!(
+            "--context: expected a window between 2 and the model's context of {max}, got {window}"
+        );
     }
     let score = perplexity(&mut model, &ids, window, !args.json)?;
     if args.json {
@@ -62,7 +64,10 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
 /// text that fits one window this is transformers' `model(ids, labels=ids).loss`.
 pub fn perplexity(model: &mut Model, ids: &[u32], window: usize, progress: bool) -> Result<Score> {
     if ids.len() < 2 {
-        bail!("the text has {} token(s); at least 2 are needed to score", ids.len());
+        bail!(
+            "the text has {} token(s); at least 2 are needed to score",
+            ids.len()
+        );
     }
     let windows: Vec<&[u32]> = ids.chunks(window).filter(|w| w.len() >= 2).collect();
     let bar = if progress && windows.len() > 1 {
@@ -83,7 +88,9 @@ pub fn perplexity(model: &mut Model, ids: &[u32], window: usize, progress: bool)
             let logits = model.logits(&hidden.narrow(0, start, len)?)?;
             let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
             let targets = Tensor::new(&w[start + 1..start + 1 + len], logp.device())?;
-            let picked = logp.gather(&targets.unsqueeze(1)?, 1)?.to_dtype(DType::F64)?;
+            let picked = logp
+                .gather(&targets.unsqueeze(1)?, 1)?
+                .to_dtype(DType::F64)?;
             total -= picked.sum_all()?.to_scalar::<f64>()?;
             start += len;
         }

@@ -14,10 +14,14 @@ use std::path::Path;
 pub enum RopeScaling {
     None,
     /// Position interpolation: every frequency divided by `factor`.
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
     /// Dynamic NTK: the base grows with the sequence length once it exceeds
     /// `max_position_embeddings` (transformers' `_compute_dynamic_ntk_parameters`).
-    Dynamic { factor: f64 },
+    Dynamic {
+        factor: f64,
+    },
     /// YaRN as transformers computes it (`_compute_yarn_parameters`).
     Yarn {
         factor: f64,
@@ -255,7 +259,9 @@ fn parse_rope(obj: &Map<String, Value>) -> Result<(f64, RopeScaling)> {
         }
     }
     let factor = |name: &str| -> Result<f64> {
-        let v = f.f64("factor").map_err(|e| anyhow::anyhow!("rope_scaling: {e}"))?;
+        let v = f
+            .f64("factor")
+            .map_err(|e| anyhow::anyhow!("rope_scaling: {e}"))?;
         if !(v >= 1.0) {
             bail!("field `rope_scaling.factor`: expected a number >= 1 for `{name}`, got {v}");
         }
@@ -363,7 +369,10 @@ mod tests {
     use super::*;
 
     fn qwen3_0_6b() -> Value {
-        let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/qwen3-tokenizer/config.json");
+        let p = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/qwen3-tokenizer/config.json"
+        );
         serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
     }
 

@@ -89,7 +89,10 @@ mod tests {
         let big = Tensor::zeros((1, 100, 1, 2), DType::F32, &dev)?;
         let (k, _) = c.append(&big, &big)?;
         assert_eq!(k.dim(1)?, 103);
-        assert_eq!(k.narrow(1, 0, 3)?.flatten_all()?.to_vec1::<f32>()?, vec![0., 1., 2., 3., 9., 9.]);
+        assert_eq!(
+            k.narrow(1, 0, 3)?.flatten_all()?.to_vec1::<f32>()?,
+            vec![0., 1., 2., 3., 9., 9.]
+        );
         Ok(())
     }
 }

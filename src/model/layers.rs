@@ -108,7 +108,12 @@ impl Attention {
         let bias = cfg.attention_bias;
         let norm = |n: &str| -> anyhow::Result<Option<RmsNorm>> {
             if cfg.qk_norm {
-                Ok(Some(RmsNorm::load(src, &format!("{prefix}.{n}"), d, cfg.rms_norm_eps)?))
+                Ok(Some(RmsNorm::load(
+                    src,
+                    &format!("{prefix}.{n}"),
+                    d,
+                    cfg.rms_norm_eps,
+                )?))
             } else {
                 Ok(None)
             }
@@ -163,7 +168,13 @@ impl Attention {
 
 /// candle's fused CPU attention (online softmax, causal bound by loop, GQA
 /// without materialising repeated k/v). It computes in f32.
-fn fused_cpu_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, offset: usize) -> Result<Tensor> {
+fn fused_cpu_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    offset: usize,
+) -> Result<Tensor> {
     let dtype = q.dtype();
     let f32 = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
     let ctx = flash_attn::<f32>(
@@ -180,7 +191,13 @@ fn fused_cpu_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, offset: u
 
 /// Plain softmax(q·kᵀ·scale + mask)·v for any device. Inputs (B, L, H, D),
 /// output (B, H, L, D).
-pub fn matmul_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, offset: usize) -> Result<Tensor> {
+pub fn matmul_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    offset: usize,
+) -> Result<Tensor> {
     let (b, l, nh, d) = q.dims4()?;
     let (_, s, nkv, _) = k.dims4()?;
     let groups = nh / nkv;
@@ -199,14 +216,23 @@ pub fn matmul_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, offset: 
     let scores = (q.matmul(&k.t()?)? * scale)?;
     let scores = if l > 1 {
         let mask: Vec<f32> = (0..l)
-            .flat_map(|i| (0..s).map(move |j| if j > i + offset { f32::NEG_INFINITY } else { 0.0 }))
+            .flat_map(|i| {
+                (0..s).map(move |j| {
+                    if j > i + offset {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
+                })
+            })
             .collect();
         let mask = Tensor::from_vec(mask, (l, s), q.device())?.to_dtype(scores.dtype())?;
         scores.broadcast_add(&mask)?
     } else {
         scores
     };
-    let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
+    let probs =
+        candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
     probs.matmul(&v)
 }
 
@@ -224,15 +250,24 @@ impl DecoderLayer {
         Ok(Self {
             input_layernorm: RmsNorm::load(src, &format!("{p}.input_layernorm"), h, eps)?,
             self_attn: Attention::load(src, &format!("{p}.self_attn"), cfg)?,
-            post_attention_layernorm: RmsNorm::load(src, &format!("{p}.post_attention_layernorm"), h, eps)?,
+            post_attention_layernorm: RmsNorm::load(
+                src,
+                &format!("{p}.post_attention_layernorm"),
+                h,
+                eps,
+            )?,
             mlp: Mlp::load(src, &format!("{p}.mlp"), cfg)?,
         })
     }
 
     pub fn forward(&mut self, x: &Tensor, rope: &RopeTables) -> Result<Tensor> {
-        let h = self.self_attn.forward(&self.input_layernorm.forward(x)?, rope)?;
+        let h = self
+            .self_attn
+            .forward(&self.input_layernorm.forward(x)?, rope)?;
         let x = (x + h)?;
-        let h = self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?;
+        let h = self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(&x)?)?;
         x + h
     }
 }
@@ -252,7 +287,11 @@ mod tests {
         let v = Tensor::randn(0f32, 1., (1, 5, 2, 8), &dev)?;
         let a = fused_cpu_attention(&q, &k, &v, 0.35, 2)?;
         let b = matmul_attention(&q, &k, &v, 0.35, 2)?;
-        let diff = (a - b)?.abs()?.flatten_all()?.max(D::Minus1)?.to_scalar::<f32>()?;
+        let diff = (a - b)?
+            .abs()?
+            .flatten_all()?
+            .max(D::Minus1)?
+            .to_scalar::<f32>()?;
         assert!(diff < 1e-5, "{diff}");
         Ok(())
     }

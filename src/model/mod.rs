@@ -23,7 +23,9 @@ use std::path::Path;
 pub fn select_device(name: &str) -> Result<Device> {
     match name {
         "cpu" => Ok(Device::Cpu),
-        "cuda" => Device::new_cuda(0).context("--device cuda: no usable CUDA device (was expert built with --features cuda?)"),
+        "cuda" => Device::new_cuda(0).context(
+            "--device cuda: no usable CUDA device (was expert built with --features cuda?)",
+        ),
         "auto" => {
             if candle_core::utils::cuda_is_available() {
                 if let Ok(d) = Device::new_cuda(0) {
@@ -40,7 +42,11 @@ pub fn select_device(name: &str) -> Result<Device> {
 /// widens to f32 on every call, so it is slower) and bf16 on GPUs.
 pub fn select_dtype(name: &str, device: &Device) -> Result<DType> {
     match name {
-        "auto" => Ok(if device.is_cpu() { DType::F32 } else { DType::BF16 }),
+        "auto" => Ok(if device.is_cpu() {
+            DType::F32
+        } else {
+            DType::BF16
+        }),
         "f32" => Ok(DType::F32),
         "bf16" => Ok(DType::BF16),
         "f16" => Ok(DType::F16),
@@ -56,7 +62,10 @@ pub fn load_dir(dir: &Path, dtype: DType, device: &Device) -> Result<Model> {
     let v = src.validate(&config);
     if let Some(p) = v.problems.first() {
         let more = if v.problems.len() > 1 {
-            format!(" (and {} more problems; `expert inspect` lists them)", v.problems.len() - 1)
+            format!(
+                " (and {} more problems; `expert inspect` lists them)",
+                v.problems.len() - 1
+            )
         } else {
             String::new()
         };

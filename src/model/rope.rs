@@ -34,8 +34,12 @@ impl Rope {
         max_position_embeddings: usize,
         device: &Device,
     ) -> Result<Self> {
-        let (inv_freq, attention_factor) =
-            inv_freq(cfg, head_dim, max_position_embeddings, max_position_embeddings);
+        let (inv_freq, attention_factor) = inv_freq(
+            cfg,
+            head_dim,
+            max_position_embeddings,
+            max_position_embeddings,
+        );
         let empty = Tensor::zeros((0, head_dim / 2), DType::F32, device)?;
         Ok(Self {
             cfg: cfg.clone(),
@@ -50,7 +54,13 @@ impl Rope {
     }
 
     /// cos/sin rows for positions `start..end`, computed in f32.
-    fn rows(&self, inv_freq: &[f64], factor: f64, start: usize, end: usize) -> Result<(Tensor, Tensor)> {
+    fn rows(
+        &self,
+        inv_freq: &[f64],
+        factor: f64,
+        start: usize,
+        end: usize,
+    ) -> Result<(Tensor, Tensor)> {
         let half = self.head_dim / 2;
         let mut cos = Vec::with_capacity((end - start) * half);
         let mut sin = Vec::with_capacity((end - start) * half);
@@ -89,7 +99,10 @@ impl Rope {
                     self.cos = Tensor::cat(&[&self.cos, &c], 0)?;
                     self.sin = Tensor::cat(&[&self.sin, &s], 0)?;
                 }
-                (self.cos.narrow(0, offset, len)?, self.sin.narrow(0, offset, len)?)
+                (
+                    self.cos.narrow(0, offset, len)?,
+                    self.sin.narrow(0, offset, len)?,
+                )
             }
         };
         Ok(RopeTables {
@@ -193,7 +206,8 @@ fn inv_freq(
                     let pos_freq = (base as f32).powf(i as f32 / dim as f32);
                     let extrapolation = 1.0f32 / pos_freq;
                     let interpolation = 1.0f32 / (*factor as f32 * pos_freq);
-                    let ramp = (((j as f32) - low as f32) / (high as f32 - low as f32)).clamp(0.0, 1.0);
+                    let ramp =
+                        (((j as f32) - low as f32) / (high as f32 - low as f32)).clamp(0.0, 1.0);
                     let extrapolation_factor = 1.0 - ramp;
                     (interpolation * (1.0 - extrapolation_factor)
                         + extrapolation * extrapolation_factor) as f64

@@ -23,7 +23,12 @@ pub struct Model {
 impl Model {
     /// Builds the network from any weight source. The caller has validated
     /// the tensors against `config` (see `weights::SafetensorsSource::validate`).
-    pub fn load(config: ModelConfig, src: &dyn WeightSource, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn load(
+        config: ModelConfig,
+        src: &dyn WeightSource,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let (v, h) = (config.vocab_size, config.hidden_size);
         let embedding = src.tensor("model.embed_tokens.weight", &[v, h])?;
         let layers = (0..config.num_hidden_layers)
@@ -37,7 +42,12 @@ impl Model {
         } else {
             Projection::dense(embedding.clone(), None)
         };
-        let rope = Rope::new(&config.rope, config.head_dim, config.max_position_embeddings, device)?;
+        let rope = Rope::new(
+            &config.rope,
+            config.head_dim,
+            config.max_position_embeddings,
+            device,
+        )?;
         Ok(Self {
             embed_tokens: candle_nn::Embedding::new(embedding, h),
             layers,
@@ -60,7 +70,9 @@ impl Model {
 
     /// Positions held in the KV cache.
     pub fn cache_len(&self) -> usize {
-        self.layers.first().map_or(0, |l| l.self_attn.kv_cache.len())
+        self.layers
+            .first()
+            .map_or(0, |l| l.self_attn.kv_cache.len())
     }
 
     /// Rewinds the KV cache to its first `len` positions.
@@ -90,7 +102,10 @@ impl Model {
             );
         }
         if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.config.vocab_size) {
-            bail!("token id {bad} is out of range for vocab_size {}", self.config.vocab_size);
+            bail!(
+                "token id {bad} is out of range for vocab_size {}",
+                self.config.vocab_size
+            );
         }
         let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
         let mut x = self.embed_tokens.forward(&input)?;

@@ -25,7 +25,13 @@ pub trait WeightSource {
 
 /// The 2-D weights every layer has that LoRA may adapt (norms excluded).
 pub const LORA_TARGETS: [&str; 7] = [
-    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
 ];
 
 /// Every tensor the config implies, with its shape, in checkpoint order.
@@ -33,7 +39,10 @@ pub const LORA_TARGETS: [&str; 7] = [
 pub fn expected_tensors(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     let (h, d, i) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
     let (q, kv) = (cfg.num_attention_heads * d, cfg.num_key_value_heads * d);
-    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, h])];
+    let mut out = vec![(
+        "model.embed_tokens.weight".to_string(),
+        vec![cfg.vocab_size, h],
+    )];
     for l in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{l}");
         let mut push = |n: &str, s: Vec<usize>| out.push((format!("{p}.{n}"), s));
@@ -124,16 +133,27 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
         let map = v
             .get("weight_map")
             .and_then(|m| m.as_object())
-            .with_context(|| format!("{}: field `weight_map`: expected an object of tensor name -> file", index.display()))?;
+            .with_context(|| {
+                format!(
+                    "{}: field `weight_map`: expected an object of tensor name -> file",
+                    index.display()
+                )
+            })?;
         let mut files: Vec<PathBuf> = Vec::new();
         for (name, f) in map {
             let f = f.as_str().with_context(|| {
-                format!("{}: field `weight_map.{name}`: expected a file name", index.display())
+                format!(
+                    "{}: field `weight_map.{name}`: expected a file name",
+                    index.display()
+                )
             })?;
             let p = dir.join(f);
             if !files.contains(&p) {
                 if !p.is_file() {
-                    bail!("{}: shard `{f}` (holding `{name}`) does not exist", index.display());
+                    bail!(
+                        "{}: shard `{f}` (holding `{name}`) does not exist",
+                        index.display()
+                    );
                 }
                 files.push(p);
             }
@@ -194,7 +214,10 @@ impl SafetensorsSource {
         let lm_head = match (cfg.tie_word_embeddings, has_head) {
             (true, false) => Some(LmHead::Tied),
             (true, true) => {
-                expected.push(("lm_head.weight".into(), vec![cfg.vocab_size, cfg.hidden_size]));
+                expected.push((
+                    "lm_head.weight".into(),
+                    vec![cfg.vocab_size, cfg.hidden_size],
+                ));
                 Some(LmHead::TiedStoredCopy)
             }
             (false, true) => Some(LmHead::Untied),
@@ -218,7 +241,8 @@ impl SafetensorsSource {
                 Some(_) => {}
             }
         }
-        let wanted: std::collections::HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+        let wanted: std::collections::HashSet<&str> =
+            expected.iter().map(|(n, _)| n.as_str()).collect();
         let unused = tensors
             .iter()
             .filter(|t| !wanted.contains(t.name.as_str()))
