@@ -140,3 +140,41 @@ fn inspect_reports_the_verdict() {
     assert_eq!(v["valid"], false);
     assert_eq!(v["problems"][0], "missing tensor `model.norm.weight`");
 }
+
+/// scripts/check_safetensors_keys.py gives the same verdicts as `expert inspect`.
+#[test]
+fn python_checker_agrees_with_inspect() {
+    let cases = vec![
+        broken(|_, _| {}),
+        broken(|t, _| {
+            t.remove("model.layers.0.self_attn.q_norm.weight");
+        }),
+        broken(|t, _| {
+            let w = Tensor::zeros((16, 32), DType::BF16, &Device::Cpu).unwrap();
+            t.insert("model.layers.1.mlp.down_proj.weight".into(), w);
+        }),
+        broken(|_, c| c["tie_word_embeddings"] = false.into()),
+        broken(|t, _| {
+            let e = t["model.embed_tokens.weight"].clone();
+            t.insert("lm_head.weight".into(), e);
+            t.insert("model.rotary_emb.inv_freq".into(), Tensor::zeros(8, DType::F32, &Device::Cpu).unwrap());
+        }),
+    ];
+    for d in &cases {
+        let dir = d.path().to_str().unwrap();
+        let ours = expert(&["inspect", "--model", dir, "--json"]);
+        let ours: serde_json::Value = serde_json::from_str(&stdout(&ours)).unwrap();
+        let py = std::process::Command::new("python3")
+            .args([root().join("scripts/check_safetensors_keys.py").to_str().unwrap(), dir, "--json"])
+            .output()
+            .expect("python3");
+        let py: serde_json::Value = serde_json::from_slice(&py.stdout).unwrap();
+        for key in ["valid", "lm_head", "problems", "unused"] {
+            assert_eq!(ours[key], py[key], "{key} differs for {dir}");
+        }
+        let names = |v: &serde_json::Value| -> Vec<String> {
+            v["tensors"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap().to_string()).collect()
+        };
+        assert_eq!(names(&ours), names(&py));
+    }
+}

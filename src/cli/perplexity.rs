@@ -20,6 +20,10 @@ pub struct PerplexityArgs {
     /// Print {"tokens", "nll", "ppl"} as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also write the f32 logits of the first window (positions × vocab) and
+    /// its token ids to this safetensors file, for comparison tools.
+    #[arg(long)]
+    pub logits_out: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -45,6 +49,18 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
         );
     }
     let score = perplexity(&mut model, &ids, window, !args.json)?;
+    if let Some(out) = &args.logits_out {
+        let first = &ids[..window.min(ids.len())];
+        let logits = model.forward(first)?;
+        model.reset_cache();
+        let ids_t = Tensor::new(first, &candle_core::Device::Cpu)?;
+        let tensors = std::collections::HashMap::from([
+            ("logits".to_string(), logits.to_device(&candle_core::Device::Cpu)?),
+            ("ids".to_string(), ids_t),
+        ]);
+        candle_core::safetensors::save(&tensors, out)
+            .with_context(|| format!("cannot write {}", out.display()))?;
+    }
     if args.json {
         println!("{}", serde_json::to_string(&score)?);
     } else {

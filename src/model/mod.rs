@@ -6,6 +6,7 @@
 //! - `transformer`: the whole forward pass
 
 pub mod config;
+pub mod gguf;
 pub mod kv_cache;
 pub mod layers;
 pub mod rope;
