@@ -1,5 +1,6 @@
 //! Command-line interface: one file per subcommand.
 
+pub mod bench;
 pub mod chat;
 pub mod inspect;
 pub mod perplexity;
@@ -25,6 +26,8 @@ pub enum Command {
     Perplexity(perplexity::PerplexityArgs),
     /// Show a model's config, tensors and validation verdict.
     Inspect(inspect::InspectArgs),
+    /// Measure prefill and decode throughput.
+    Bench(bench::BenchArgs),
 }
 
 /// Where the model comes from and how it is computed.
@@ -36,8 +39,8 @@ pub struct ModelArgs {
     /// Compute dtype: auto (f32 on CPU, bf16 on CUDA), f32, bf16 or f16.
     #[arg(long, default_value = "auto")]
     pub dtype: String,
-    /// cpu, cuda or auto.
-    #[arg(long, default_value = "cpu")]
+    /// cpu, cuda or auto (the first CUDA GPU when built with --features cuda, else CPU).
+    #[arg(long, default_value = "auto")]
     pub device: String,
     /// Hub revision (branch, tag or commit) when --model is a repo id.
     #[arg(long)]
@@ -100,6 +103,7 @@ pub fn main() -> i32 {
         Command::Chat(a) => chat::run(a),
         Command::Perplexity(a) => perplexity::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Bench(a) => bench::run(a),
     };
     match result {
         Ok(()) => 0,

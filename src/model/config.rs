@@ -205,10 +205,18 @@ impl ModelConfig {
     }
 
     /// The longest sequence the model accepts. Dynamic NTK exists to run past
-    /// max_position_embeddings and, as in transformers, sets no bound.
+    /// max_position_embeddings and, as in transformers, sets no bound; YaRN
+    /// stretches the original context by its factor (Qwen3: 32768 × 4).
     pub fn context_length(&self) -> usize {
         match self.rope.scaling {
             RopeScaling::Dynamic { .. } => usize::MAX,
+            RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings,
+                ..
+            } => self
+                .max_position_embeddings
+                .max((original_max_position_embeddings as f64 * factor) as usize),
             _ => self.max_position_embeddings,
         }
     }
@@ -282,12 +290,13 @@ fn parse_rope(obj: &Map<String, Value>) -> Result<(f64, RopeScaling)> {
                 .and_then(Value::as_u64)
                 .context("field `max_position_embeddings`: expected a positive integer")?
                 as usize;
-            // transformers: when original_max_position_embeddings is given, the
-            // effective factor is max_position_embeddings / original.
-            let (factor, original) = match f.opt_usize("original_max_position_embeddings")? {
-                Some(orig) if orig > 0 => (max_pos as f64 / orig as f64, orig),
-                _ => (factor, max_pos),
-            };
+            // transformers 5 uses the explicit factor; 4.5x replaced it with
+            // max_position_embeddings / original, which turns Qwen3's
+            // recommended {factor 4, original 32768} into 1.25.
+            let original = f
+                .opt_usize("original_max_position_embeddings")?
+                .filter(|&o| o > 0)
+                .unwrap_or(max_pos);
             RopeScaling::Yarn {
                 factor,
                 original_max_position_embeddings: original,
@@ -404,8 +413,8 @@ mod tests {
 
     #[test]
     fn yarn_factor_follows_transformers() {
+        // Qwen3's model-card recipe: max_position_embeddings stays 40960.
         let mut v = qwen3_0_6b();
-        v["max_position_embeddings"] = 131072.into();
         v["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0,
             "original_max_position_embeddings": 32768});
         let c = ModelConfig::from_json(&v).unwrap();
@@ -420,6 +429,7 @@ mod tests {
             }
             s => panic!("{s:?}"),
         }
+        assert_eq!(c.context_length(), 131072);
     }
 
     #[test]
