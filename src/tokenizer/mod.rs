@@ -7,6 +7,7 @@
 //! Everything a user typed goes through `plain`; only chat-template markup
 //! may produce special tokens (see [`Tokenizer::encode_chat`]).
 
+pub mod gguf;
 mod stream;
 
 pub use stream::TokenStream;
