@@ -178,3 +178,22 @@ fn python_checker_agrees_with_inspect() {
         assert_eq!(names(&ours), names(&py));
     }
 }
+
+/// f16 storage loads too (the fixtures cover bf16 and f32): bf16 values of
+/// this size are exact in f16, so the result equals transformers' golden.
+#[test]
+fn f16_storage_loads() {
+    let d = broken(|t, c| {
+        for v in t.values_mut() {
+            *v = v.to_dtype(DType::F16).unwrap();
+        }
+        c["torch_dtype"] = "float16".into();
+    });
+    let g = golden("tiny");
+    let seq = &g["sequences"][0];
+    let ids = ids(&seq["ids"]);
+    let mut model = expert::model::load_dir(d.path(), DType::F32, &Device::Cpu).unwrap();
+    let score = expert::cli::perplexity::perplexity(&mut model, &ids, ids.len(), false).unwrap();
+    let nll = seq["nll"].as_f64().unwrap();
+    assert!((score.nll - nll).abs() / nll < 1e-5, "{} vs {nll}", score.nll);
+}

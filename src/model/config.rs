@@ -182,20 +182,20 @@ impl ModelConfig {
                 bail!("field `{name}`: expected a positive integer, got 0");
             }
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             bail!(
                 "field `num_key_value_heads`: {} does not divide num_attention_heads {}",
                 self.num_key_value_heads,
                 self.num_attention_heads
             );
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             bail!(
                 "field `head_dim`: expected an even number for rotary embeddings, got {}",
                 self.head_dim
             );
         }
-        if !(self.rope.theta > 0.0) {
+        if self.rope.theta.is_nan() || self.rope.theta <= 0.0 {
             bail!(
                 "field `rope_theta`: expected a positive number, got {}",
                 self.rope.theta
@@ -270,7 +270,7 @@ fn parse_rope(obj: &Map<String, Value>) -> Result<(f64, RopeScaling)> {
         let v = f
             .f64("factor")
             .map_err(|e| anyhow::anyhow!("rope_scaling: {e}"))?;
-        if !(v >= 1.0) {
+        if v.is_nan() || v < 1.0 {
             bail!("field `rope_scaling.factor`: expected a number >= 1 for `{name}`, got {v}");
         }
         Ok(v)

@@ -633,13 +633,11 @@ impl GgufFile {
         // a tensor entry 8 (name length) + 4 (dims) + 4 (type) + 8 (offset).
         for (n, what, min) in [(n_tensors, "tensor count", 24u64), (n_kv, "metadata entry count", 13)] {
             if n > MAX_ENTRIES || n.saturating_mul(min) > r.remaining() {
-                bail!(
-                    "{what} {n} is absurd for a file of {file_size} bytes (corrupt header)"
-                );
+                bail!("{what} {n} is absurd for a file of {file_size} bytes (corrupt or truncated header)");
             }
         }
         if (n_tensors * 24).saturating_add(n_kv * 13) > r.remaining() {
-            bail!("header declares {n_tensors} tensors and {n_kv} metadata entries, more than a file of {file_size} bytes can hold");
+            bail!("header declares {n_tensors} tensors and {n_kv} metadata entries, more than a file of {file_size} bytes can hold (truncated or corrupt)");
         }
         let mut metadata = Vec::with_capacity(n_kv as usize);
         let mut meta_index = HashMap::new();
@@ -1018,8 +1016,15 @@ pub fn gguf_name(hf: &str) -> Option<String> {
 /// dense `Linear` in the compute dtype, quantized ones stay quantized.
 /// Shared by the GGUF and quantize-at-load sources so that both build
 /// exactly the same layer from the same `QTensor`.
+///
+/// candle's CPU dot products for Q4_1, Q5_0 and Q5_1 assert (in debug
+/// builds) an even number of 32-blocks per row; such rare weights (rows of
+/// 32, 96, …) are dequantized instead.
 pub fn projection_from_qtensor(q: QTensor, bias: Option<Tensor>, dtype: DType) -> Result<Projection> {
-    let weight = if is_float(q.dtype()) {
+    let cols = q.shape().dims().last().copied().unwrap_or(0);
+    let odd_blocks = matches!(q.dtype(), GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1)
+        && (cols / q.dtype().block_size()) % 2 == 1;
+    let weight = if is_float(q.dtype()) || odd_blocks {
         let w = q.dequantize(&q.device())?.to_dtype(dtype)?;
         ProjectionWeight::Dense(candle_nn::Linear::new(w, None))
     } else {
@@ -1033,6 +1038,8 @@ pub struct GgufSource<'a> {
     pub file: &'a GgufFile,
     dtype: DType,
     device: Device,
+    /// Dequantize every projection to a dense float matrix (reference runs).
+    dequantize: bool,
 }
 
 impl<'a> GgufSource<'a> {
@@ -1041,7 +1048,25 @@ impl<'a> GgufSource<'a> {
             file,
             dtype,
             device: device.clone(),
+            dequantize: false,
         }
+    }
+
+    /// Every projection dequantized to a dense matrix in the compute dtype:
+    /// the float model transformers builds from the same file.
+    pub fn dequantized(mut self) -> Self {
+        self.dequantize = true;
+        self
+    }
+
+    /// The GGUF tensor behind a Hugging Face name; a tied model's output
+    /// projection is the embedding, as in llama.cpp.
+    fn resolve(&self, hf: &str) -> Result<String> {
+        let g = self.name(hf)?;
+        if g == "output.weight" && !self.file.has_tensor(&g) {
+            return Ok("token_embd.weight".into());
+        }
+        Ok(g)
     }
 
     fn name(&self, hf: &str) -> Result<String> {
@@ -1066,23 +1091,23 @@ impl<'a> GgufSource<'a> {
 
 impl WeightSource for GgufSource<'_> {
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let g = self.name(name)?;
+        let g = self.resolve(name)?;
         let q = self.checked(&g, shape)?;
         Ok(q.dequantize(&self.device)?.to_dtype(self.dtype)?)
     }
 
     fn projection(&self, name: &str, out: usize, inp: usize, bias: bool) -> Result<Projection> {
-        let mut g = self.name(&format!("{name}.weight"))?;
-        // Tied output: llama.cpp multiplies by the (quantized) embedding.
-        if g == "output.weight" && !self.file.has_tensor(&g) {
-            g = "token_embd.weight".into();
-        }
-        let w = self.checked(&g, &[out, inp])?;
         let b = if bias {
             Some(self.tensor(&format!("{name}.bias"), &[out])?)
         } else {
             None
         };
+        let wname = format!("{name}.weight");
+        if self.dequantize {
+            return Ok(Projection::dense(self.tensor(&wname, &[out, inp])?, b));
+        }
+        // Tied output: llama.cpp multiplies by the (quantized) embedding.
+        let w = self.checked(&self.resolve(&wname)?, &[out, inp])?;
         projection_from_qtensor(w, b, self.dtype)
     }
 
@@ -1091,10 +1116,11 @@ impl WeightSource for GgufSource<'_> {
             // A quantized tied embedding is used as a quantized output
             // projection (as llama.cpp does) instead of a float copy.
             return self.file.has_tensor("output.weight")
-                || self
-                    .file
-                    .tensor_info("token_embd.weight")
-                    .is_some_and(|t| !is_float(t.dtype));
+                || (!self.dequantize
+                    && self
+                        .file
+                        .tensor_info("token_embd.weight")
+                        .is_some_and(|t| !is_float(t.dtype)));
         }
         gguf_name(name).is_some_and(|g| self.file.has_tensor(&g))
     }

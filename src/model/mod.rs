@@ -9,6 +9,7 @@ pub mod config;
 pub mod gguf;
 pub mod kv_cache;
 pub mod layers;
+pub mod quantize;
 pub mod rope;
 pub mod transformer;
 pub mod weights;

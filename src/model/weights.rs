@@ -205,7 +205,7 @@ impl SafetensorsSource {
                 name,
             })
             .collect();
-        tensors.sort_by(|a, b| natural_key(&a.name).cmp(&natural_key(&b.name)));
+        tensors.sort_by_key(|t| natural_key(&t.name));
         let by_name: BTreeMap<&str, &TensorInfo> =
             tensors.iter().map(|t| (t.name.as_str(), t)).collect();
         let mut problems = vec![];
