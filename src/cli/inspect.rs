@@ -19,6 +19,9 @@ pub struct InspectArgs {
 
 pub fn run(args: InspectArgs) -> Result<()> {
     let dir = args.model.resolve()?;
+    if crate::model::gguf::is_gguf(&dir) {
+        return inspect_gguf(&dir, args.json);
+    }
     let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
     // Only headers are read: no tensor data is loaded.
     let src = SafetensorsSource::open(&dir, DType::F32, &Device::Cpu)?;
@@ -115,5 +118,148 @@ fn verdict(dir: &std::path::Path, v: &crate::model::weights::Validation) -> Resu
             "{}: checkpoint does not match config.json: {p}",
             dir.display()
         ),
+    }
+}
+
+/// `expert inspect --model FILE.gguf`: metadata (long arrays shown by their
+/// length), every tensor with its GGML type and shape (outermost first, as
+/// for safetensors), the config it implies and the verdict.
+fn inspect_gguf(path: &std::path::Path, json: bool) -> Result<()> {
+    use crate::model::gguf::{type_name, GgufFile};
+    let file = GgufFile::open(path)?;
+    let cfg = file.config();
+    let problems = match &cfg {
+        Ok(c) => file.problems(c),
+        Err(e) => vec![format!("{e:#}")],
+    };
+    let mut types = std::collections::BTreeMap::<&str, usize>::new();
+    for t in &file.tensors {
+        *types.entry(type_name(t.dtype)).or_default() += 1;
+    }
+    if json {
+        let config = cfg.as_ref().ok().map(|c| {
+            serde_json::json!({
+                "architecture": c.architecture.name(),
+                "vocab_size": c.vocab_size,
+                "hidden_size": c.hidden_size,
+                "intermediate_size": c.intermediate_size,
+                "num_hidden_layers": c.num_hidden_layers,
+                "num_attention_heads": c.num_attention_heads,
+                "num_key_value_heads": c.num_key_value_heads,
+                "head_dim": c.head_dim,
+                "rms_norm_eps": c.rms_norm_eps,
+                "rope_theta": c.rope.theta,
+                "rope_scaling": format!("{:?}", c.rope.scaling),
+                "rope_interleaved": c.rope.interleaved,
+                "max_position_embeddings": c.max_position_embeddings,
+                "tie_word_embeddings": c.tie_word_embeddings,
+                "attention_bias": c.attention_bias,
+                "qk_norm": c.qk_norm,
+            })
+        });
+        let tensors: Vec<_> = file
+            .tensors
+            .iter()
+            .map(|t| serde_json::json!({"name": t.name, "type": type_name(t.dtype), "shape": t.shape, "bytes": t.size}))
+            .collect();
+        let out = serde_json::json!({
+            "path": path,
+            "format": "gguf",
+            "version": file.version,
+            "file_size": file.file_size,
+            "config": config,
+            "parameters": cfg.as_ref().ok().map(|c| c.parameter_count()),
+            "tensor_types": types,
+            "valid": problems.is_empty(),
+            "problems": problems,
+            "metadata": file.metadata_json(16),
+            "tensors": tensors,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "model        {} (GGUF v{}, {:.1} MB)",
+            path.display(),
+            file.version,
+            file.file_size as f64 / 1e6
+        );
+        if let Ok(c) = &cfg {
+            println!(
+                "architecture {}  layers {}  hidden {}  intermediate {}  vocab {}",
+                c.architecture.name(),
+                c.num_hidden_layers,
+                c.hidden_size,
+                c.intermediate_size,
+                c.vocab_size
+            );
+            println!(
+                "attention    {} heads, {} kv heads, head_dim {}{}{}",
+                c.num_attention_heads,
+                c.num_key_value_heads,
+                c.head_dim,
+                if c.qk_norm { ", q/k RMSNorm" } else { "" },
+                if c.attention_bias { ", q/k/v bias" } else { "" }
+            );
+            println!(
+                "rope         theta {}  scaling {:?}  {}  context {}",
+                c.rope.theta,
+                c.rope.scaling,
+                if c.rope.interleaved {
+                    "interleaved pairs"
+                } else {
+                    "half split"
+                },
+                c.max_position_embeddings
+            );
+            println!(
+                "parameters   {} ({:.1}M)",
+                c.parameter_count(),
+                c.parameter_count() as f64 / 1e6
+            );
+            println!(
+                "lm_head      {}",
+                if c.tie_word_embeddings {
+                    "tied to the embedding"
+                } else {
+                    "separate output.weight"
+                }
+            );
+        }
+        let summary: Vec<String> = types.iter().map(|(t, n)| format!("{n} {t}")).collect();
+        println!("metadata     {} entries", file.metadata.len());
+        for (k, v) in &file.metadata {
+            let shown = match v {
+                crate::model::gguf::Value::Array(a) if a.len() > 16 => {
+                    format!("({} entries)", a.len())
+                }
+                crate::model::gguf::Value::String(s) if s.len() > 80 || s.contains('\n') => {
+                    let first: String = s.chars().take(60).collect();
+                    format!("{first:?}… ({} bytes)", s.len())
+                }
+                v => v.to_json(16).to_string(),
+            };
+            println!("  {k:<45} {:<22} {shown}", v.type_name());
+        }
+        println!(
+            "tensors      {} ({})",
+            file.tensors.len(),
+            summary.join(", ")
+        );
+        for t in &file.tensors {
+            println!("  {:<40} {:<5} {:?}", t.name, type_name(t.dtype), t.shape);
+        }
+        if problems.is_empty() {
+            println!("verdict      OK");
+        } else {
+            for p in &problems {
+                println!("problem      {p}");
+            }
+            println!("verdict      INVALID ({} problems)", problems.len());
+        }
+    }
+    cfg?;
+    match problems.first() {
+        None => Ok(()),
+        Some(p) => anyhow::bail!("{}: {p}", path.display()),
     }
 }

@@ -286,7 +286,9 @@ impl Array {
             Array::F64(v) => json!(v),
             Array::Bool(v) => json!(v),
             Array::String(v) => json!(v),
-            Array::Array(v) => serde_json::Value::Array(v.iter().map(|a| a.to_json(max_array)).collect()),
+            Array::Array(v) => {
+                serde_json::Value::Array(v.iter().map(|a| a.to_json(max_array)).collect())
+            }
         }
     }
 }
@@ -490,7 +492,8 @@ impl<R: Read> Reader<R> {
         while bytes.last() == Some(&0) {
             bytes.pop();
         }
-        Ok(String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+        Ok(String::from_utf8(bytes)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
     }
 
     fn value(&mut self, t: u32, what: &str, depth: usize) -> Result<Value> {
@@ -554,7 +557,12 @@ impl<R: Read> Reader<R> {
         }
         Ok(match t {
             vtype::U8 => Array::U8(self.bytes(len, what)?),
-            vtype::I8 => Array::I8(self.bytes(len, what)?.into_iter().map(|b| b as i8).collect()),
+            vtype::I8 => Array::I8(
+                self.bytes(len, what)?
+                    .into_iter()
+                    .map(|b| b as i8)
+                    .collect(),
+            ),
             vtype::BOOL => Array::Bool(
                 self.bytes(len, what)?
                     .into_iter()
@@ -631,7 +639,10 @@ impl GgufFile {
         let n_kv = r.u64("metadata count")?;
         // A metadata entry takes at least 8 (key length) + 4 (type) + 1 bytes,
         // a tensor entry 8 (name length) + 4 (dims) + 4 (type) + 8 (offset).
-        for (n, what, min) in [(n_tensors, "tensor count", 24u64), (n_kv, "metadata entry count", 13)] {
+        for (n, what, min) in [
+            (n_tensors, "tensor count", 24u64),
+            (n_kv, "metadata entry count", 13),
+        ] {
             if n > MAX_ENTRIES || n.saturating_mul(min) > r.remaining() {
                 bail!("{what} {n} is absurd for a file of {file_size} bytes (corrupt or truncated header)");
             }
@@ -655,7 +666,10 @@ impl GgufFile {
             Some(&i) => {
                 let a = metadata[i].1.as_u64().unwrap_or(0);
                 if a == 0 || !a.is_power_of_two() || a > 1 << 20 {
-                    bail!("metadata `general.alignment`: expected a power of two, got {:?}", metadata[i].1);
+                    bail!(
+                        "metadata `general.alignment`: expected a power of two, got {:?}",
+                        metadata[i].1
+                    );
                 }
                 a
             }
@@ -702,7 +716,9 @@ impl GgufFile {
             if offset % alignment != 0 {
                 bail!("tensor `{name}`: data offset {offset} is not aligned to {alignment} bytes");
             }
-            let end = data_offset.checked_add(offset).and_then(|s| s.checked_add(size));
+            let end = data_offset
+                .checked_add(offset)
+                .and_then(|s| s.checked_add(size));
             match end {
                 Some(end) if end <= file_size => {}
                 _ => bail!(
@@ -760,10 +776,12 @@ impl GgufFile {
     pub fn opt_str(&self, key: &str) -> Result<Option<&str>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_str()
-                .map(Some)
-                .with_context(|| format!("metadata `{key}`: expected a string, found {}", v.type_name())),
+            Some(v) => v.as_str().map(Some).with_context(|| {
+                format!(
+                    "metadata `{key}`: expected a string, found {}",
+                    v.type_name()
+                )
+            }),
         }
     }
 
@@ -775,30 +793,33 @@ impl GgufFile {
     pub fn opt_u64(&self, key: &str) -> Result<Option<u64>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(Some)
-                .with_context(|| format!("metadata `{key}`: expected a non-negative integer, found {}", v.type_name())),
+            Some(v) => v.as_u64().map(Some).with_context(|| {
+                format!(
+                    "metadata `{key}`: expected a non-negative integer, found {}",
+                    v.type_name()
+                )
+            }),
         }
     }
 
     pub fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(Some)
-                .with_context(|| format!("metadata `{key}`: expected a number, found {}", v.type_name())),
+            Some(v) => v.as_f64().map(Some).with_context(|| {
+                format!(
+                    "metadata `{key}`: expected a number, found {}",
+                    v.type_name()
+                )
+            }),
         }
     }
 
     pub fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_bool()
-                .map(Some)
-                .with_context(|| format!("metadata `{key}`: expected a bool, found {}", v.type_name())),
+            Some(v) => v.as_bool().map(Some).with_context(|| {
+                format!("metadata `{key}`: expected a bool, found {}", v.type_name())
+            }),
         }
     }
 
@@ -811,8 +832,12 @@ impl GgufFile {
         {
             let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
             f.seek(SeekFrom::Start(self.data_offset + t.offset))?;
-            f.read_exact(&mut raw)
-                .with_context(|| format!("{}: tensor `{name}`: cannot read its data", self.path.display()))?;
+            f.read_exact(&mut raw).with_context(|| {
+                format!(
+                    "{}: tensor `{name}`: cannot read its data",
+                    self.path.display()
+                )
+            })?;
         }
         ggml_file::qtensor_from_ggml(t.dtype, &raw, t.shape.clone(), device)
             .with_context(|| format!("{}: tensor `{name}`", self.path.display()))
@@ -820,7 +845,8 @@ impl GgufFile {
 
     /// The model's hyper-parameters from `{arch}.*` metadata and tensor shapes.
     pub fn config(&self) -> Result<ModelConfig> {
-        self.config_inner().map_err(|e| anyhow::anyhow!("{}: {e:#}", self.path.display()))
+        self.config_inner()
+            .map_err(|e| anyhow::anyhow!("{}: {e:#}", self.path.display()))
     }
 
     fn config_inner(&self) -> Result<ModelConfig> {
@@ -841,7 +867,10 @@ impl GgufFile {
             .map(|v| v as usize)
             .unwrap_or(num_attention_heads);
         if num_attention_heads == 0 {
-            bail!("metadata `{}`: expected a positive integer, got 0", k("attention.head_count"));
+            bail!(
+                "metadata `{}`: expected a positive integer, got 0",
+                k("attention.head_count")
+            );
         }
         let head_dim = match self.opt_u64(&k("attention.key_length"))? {
             Some(d) => d as usize,
@@ -849,7 +878,10 @@ impl GgufFile {
         };
         if let Some(v) = self.opt_u64(&k("attention.value_length"))? {
             if v as usize != head_dim {
-                bail!("metadata `{}` = {v} differs from the key length {head_dim} (not supported)", k("attention.value_length"));
+                bail!(
+                    "metadata `{}` = {v} differs from the key length {head_dim} (not supported)",
+                    k("attention.value_length")
+                );
             }
         }
         if let Some(r) = self.opt_u64(&k("rope.dimension_count"))? {
@@ -876,8 +908,12 @@ impl GgufFile {
                             .opt_u64(&k("rope.scaling.original_context_length"))?
                             .map(|v| v as usize)
                             .unwrap_or(max_position_embeddings),
-                        beta_fast: self.opt_f64(&k("rope.scaling.yarn_beta_fast"))?.unwrap_or(32.0),
-                        beta_slow: self.opt_f64(&k("rope.scaling.yarn_beta_slow"))?.unwrap_or(1.0),
+                        beta_fast: self
+                            .opt_f64(&k("rope.scaling.yarn_beta_fast"))?
+                            .unwrap_or(32.0),
+                        beta_slow: self
+                            .opt_f64(&k("rope.scaling.yarn_beta_slow"))?
+                            .unwrap_or(1.0),
                         attention_factor: self.opt_f64(&k("rope.scaling.yarn_attn_factor"))?,
                         mscale: None,
                         mscale_all_dim: None,
@@ -909,7 +945,12 @@ impl GgufFile {
         };
         let eps = self
             .opt_f64(&k("attention.layer_norm_rms_epsilon"))?
-            .with_context(|| format!("metadata `{}`: missing (expected a number)", k("attention.layer_norm_rms_epsilon")))?;
+            .with_context(|| {
+                format!(
+                    "metadata `{}`: missing (expected a number)",
+                    k("attention.layer_norm_rms_epsilon")
+                )
+            })?;
         let mut eos_token_ids = vec![];
         for key in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"] {
             if let Some(id) = self.opt_u64(key)? {
@@ -918,12 +959,22 @@ impl GgufFile {
                 }
             }
         }
+        let num_hidden_layers = self.u64(&k("block_count"))? as usize;
+        // Each layer has at least 9 tensors; a larger count is corrupt (and
+        // would make the tensor checks allocate without bound).
+        if num_hidden_layers > self.tensors.len() {
+            bail!(
+                "metadata `{}` = {num_hidden_layers} is absurd: the file has only {} tensors",
+                k("block_count"),
+                self.tensors.len()
+            );
+        }
         let cfg = ModelConfig {
             architecture,
             vocab_size,
             hidden_size,
             intermediate_size,
-            num_hidden_layers: self.u64(&k("block_count"))? as usize,
+            num_hidden_layers,
             num_attention_heads,
             num_key_value_heads,
             head_dim,
@@ -940,7 +991,9 @@ impl GgufFile {
                 _ => self.has_tensor("blk.0.attn_q.bias"),
             },
             qk_norm: architecture == Architecture::Qwen3,
-            bos_token_id: self.opt_u64("tokenizer.ggml.bos_token_id")?.map(|v| v as u32),
+            bos_token_id: self
+                .opt_u64("tokenizer.ggml.bos_token_id")?
+                .map(|v| v as u32),
             eos_token_ids,
         };
         cfg.validate()?;
@@ -1020,10 +1073,16 @@ pub fn gguf_name(hf: &str) -> Option<String> {
 /// candle's CPU dot products for Q4_1, Q5_0 and Q5_1 assert (in debug
 /// builds) an even number of 32-blocks per row; such rare weights (rows of
 /// 32, 96, …) are dequantized instead.
-pub fn projection_from_qtensor(q: QTensor, bias: Option<Tensor>, dtype: DType) -> Result<Projection> {
+pub fn projection_from_qtensor(
+    q: QTensor,
+    bias: Option<Tensor>,
+    dtype: DType,
+) -> Result<Projection> {
     let cols = q.shape().dims().last().copied().unwrap_or(0);
-    let odd_blocks = matches!(q.dtype(), GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1)
-        && (cols / q.dtype().block_size()) % 2 == 1;
+    let odd_blocks = matches!(
+        q.dtype(),
+        GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1
+    ) && (cols / q.dtype().block_size()) % 2 == 1;
     let weight = if is_float(q.dtype()) || odd_blocks {
         let w = q.dequantize(&q.device())?.to_dtype(dtype)?;
         ProjectionWeight::Dense(candle_nn::Linear::new(w, None))
@@ -1113,14 +1172,11 @@ impl WeightSource for GgufSource<'_> {
 
     fn contains(&self, name: &str) -> bool {
         if name == "lm_head.weight" {
-            // A quantized tied embedding is used as a quantized output
-            // projection (as llama.cpp does) instead of a float copy.
-            return self.file.has_tensor("output.weight")
-                || (!self.dequantize
-                    && self
-                        .file
-                        .tensor_info("token_embd.weight")
-                        .is_some_and(|t| !is_float(t.dtype)));
+            // Tied (no output.weight): the model multiplies by the float
+            // embedding it already holds, as transformers does; no quantized
+            // second copy (llama.cpp keeps the embedding quantized and uses
+            // that instead).
+            return self.file.has_tensor("output.weight");
         }
         gguf_name(name).is_some_and(|g| self.file.has_tensor(&g))
     }
@@ -1133,13 +1189,21 @@ pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<(Model, GgufFi
     let problems = file.problems(&config);
     if let Some(p) = problems.first() {
         let more = if problems.len() > 1 {
-            format!(" (and {} more problems; `expert inspect` lists them)", problems.len() - 1)
+            format!(
+                " (and {} more problems; `expert inspect` lists them)",
+                problems.len() - 1
+            )
         } else {
             String::new()
         };
         bail!("{}: {p}{more}", path.display());
     }
-    let model = Model::load(config, &GgufSource::new(&file, dtype, device), dtype, device)?;
+    let model = Model::load(
+        config,
+        &GgufSource::new(&file, dtype, device),
+        dtype,
+        device,
+    )?;
     Ok((model, file))
 }
 
@@ -1167,10 +1231,22 @@ mod tests {
 
     #[test]
     fn names_map_both_ways_for_a_layer() {
-        assert_eq!(gguf_name("model.layers.12.mlp.down_proj.weight").unwrap(), "blk.12.ffn_down.weight");
-        assert_eq!(gguf_name("model.layers.0.self_attn.q_proj.bias").unwrap(), "blk.0.attn_q.bias");
-        assert_eq!(gguf_name("model.layers.3.self_attn.k_norm.weight").unwrap(), "blk.3.attn_k_norm.weight");
-        assert_eq!(gguf_name("model.layers.3.post_attention_layernorm.weight").unwrap(), "blk.3.ffn_norm.weight");
+        assert_eq!(
+            gguf_name("model.layers.12.mlp.down_proj.weight").unwrap(),
+            "blk.12.ffn_down.weight"
+        );
+        assert_eq!(
+            gguf_name("model.layers.0.self_attn.q_proj.bias").unwrap(),
+            "blk.0.attn_q.bias"
+        );
+        assert_eq!(
+            gguf_name("model.layers.3.self_attn.k_norm.weight").unwrap(),
+            "blk.3.attn_k_norm.weight"
+        );
+        assert_eq!(
+            gguf_name("model.layers.3.post_attention_layernorm.weight").unwrap(),
+            "blk.3.ffn_norm.weight"
+        );
         assert_eq!(gguf_name("lm_head.weight").unwrap(), "output.weight");
         assert!(gguf_name("model.layers.x.mlp.up_proj.weight").is_none());
     }
@@ -1180,7 +1256,12 @@ mod tests {
         let e = ggml_dtype(16).unwrap_err();
         assert!(e.contains("IQ2_XXS"), "{e}");
         assert_eq!(ggml_dtype(12).unwrap(), GgmlDType::Q4K);
-        for t in [GgmlDType::F32, GgmlDType::BF16, GgmlDType::Q6K, GgmlDType::Q5_1] {
+        for t in [
+            GgmlDType::F32,
+            GgmlDType::BF16,
+            GgmlDType::Q6K,
+            GgmlDType::Q5_1,
+        ] {
             assert_eq!(ggml_dtype(ggml_type_id(t)).unwrap(), t);
         }
     }

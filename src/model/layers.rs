@@ -35,9 +35,10 @@ impl Projection {
         let y = match &self.weight {
             ProjectionWeight::Dense(l) => l.forward(x)?,
             ProjectionWeight::Quantized(q) => {
-                // Quantized matmuls take f32 activations on CPU.
+                // Quantized matmuls take f32 activations on CPU; prompts run
+                // as f32 GEMMs on the dequantized weight (see quantize.rs).
                 let dtype = x.dtype();
-                q.forward(&x.to_dtype(DType::F32)?)?.to_dtype(dtype)?
+                crate::model::quantize::qmatmul_forward(q, x)?.to_dtype(dtype)?
             }
         };
         match &self.bias {

@@ -57,7 +57,8 @@ pub fn bytes_to_unicode() -> [char; 256] {
     let mut table = ['\0'; 256];
     let mut n = 0u32;
     for b in 0..256u32 {
-        let printable = (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
+        let printable =
+            (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
         table[b as usize] = if printable {
             char::from_u32(b).unwrap()
         } else {
@@ -83,7 +84,9 @@ pub fn tokenizer(file: &GgufFile) -> Result<Tokenizer> {
     };
     let bos = name("tokenizer.ggml.bos_token_id")?;
     let eos = name("tokenizer.ggml.eos_token_id")?;
-    let add_bos = file.opt_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(false);
+    let add_bos = file
+        .opt_bool("tokenizer.ggml.add_bos_token")?
+        .unwrap_or(false);
     Ok(Tokenizer::from_hf(hf).with_special_tokens(bos, eos, add_bos))
 }
 
@@ -131,7 +134,8 @@ pub fn eog_ids(file: &GgufFile) -> Vec<u32> {
         .and_then(|a| a.ints());
     if let (Some(tokens), Some(types)) = (tokens, types) {
         for (id, (t, ty)) in tokens.iter().zip(types).enumerate() {
-            if ty == TOKEN_CONTROL && EOG_TEXTS.contains(&t.as_str()) && !out.contains(&(id as u32)) {
+            if ty == TOKEN_CONTROL && EOG_TEXTS.contains(&t.as_str()) && !out.contains(&(id as u32))
+            {
                 out.push(id as u32);
             }
         }
@@ -145,7 +149,11 @@ pub fn load(file: &GgufFile) -> Result<Tokenizer> {
     match tokenizer(file) {
         Ok(t) => Ok(t),
         Err(e) => {
-            let beside = file.path.parent().unwrap_or(Path::new(".")).join("tokenizer.json");
+            let beside = file
+                .path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("tokenizer.json");
             if beside.is_file() {
                 let dir = beside.parent().unwrap_or(Path::new("."));
                 Tokenizer::from_dir(dir)
@@ -159,9 +167,14 @@ pub fn load(file: &GgufFile) -> Result<Tokenizer> {
 
 /// Builds the Hugging Face tokenizer described by the metadata.
 pub fn hf_tokenizer(file: &GgufFile) -> Result<tokenizers::Tokenizer> {
-    let json = tokenizer_json(file).map_err(|e| anyhow::anyhow!("{}: {e:#}", file.path.display()))?;
-    json.parse::<tokenizers::Tokenizer>()
-        .map_err(|e| anyhow::anyhow!("{}: cannot build the tokenizer from its metadata: {e}", file.path.display()))
+    let json =
+        tokenizer_json(file).map_err(|e| anyhow::anyhow!("{}: {e:#}", file.path.display()))?;
+    json.parse::<tokenizers::Tokenizer>().map_err(|e| {
+        anyhow::anyhow!(
+            "{}: cannot build the tokenizer from its metadata: {e}",
+            file.path.display()
+        )
+    })
 }
 
 /// The tokenizer.json equivalent of the metadata.
@@ -245,7 +258,9 @@ pub fn tokenizer_json(file: &GgufFile) -> Result<String> {
                 {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
             ]
         }),
-        None => json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}),
+        None => {
+            json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true})
+        }
     };
     // BOS/EOS added by the post-processor when the file asks for them.
     let special = |key: &str| -> Result<Option<(u32, String)>> {
@@ -253,10 +268,22 @@ pub fn tokenizer_json(file: &GgufFile) -> Result<String> {
             .opt_u64(key)?
             .and_then(|id| tokens.get(id as usize).map(|t| (id as u32, t.clone()))))
     };
-    let add_bos = file.opt_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(false);
-    let add_eos = file.opt_bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false);
-    let bos = if add_bos { special("tokenizer.ggml.bos_token_id")? } else { None };
-    let eos = if add_eos { special("tokenizer.ggml.eos_token_id")? } else { None };
+    let add_bos = file
+        .opt_bool("tokenizer.ggml.add_bos_token")?
+        .unwrap_or(false);
+    let add_eos = file
+        .opt_bool("tokenizer.ggml.add_eos_token")?
+        .unwrap_or(false);
+    let bos = if add_bos {
+        special("tokenizer.ggml.bos_token_id")?
+    } else {
+        None
+    };
+    let eos = if add_eos {
+        special("tokenizer.ggml.eos_token_id")?
+    } else {
+        None
+    };
     let post_processor = if bos.is_none() && eos.is_none() {
         Value::Null
     } else {
