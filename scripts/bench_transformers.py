@@ -5,7 +5,7 @@ Same prompt ids (the bench text cycled to --prompt-tokens, tokenized by the
 model's tokenizer), greedy decoding of --gen-tokens tokens with the KV cache,
 eos ignored; one warm-up run, median of --runs. float32 on CPU by default.
 
-    python3 scripts/bench_transformers.py --model DIR [--prompt-tokens 128]
+    python3 scripts/bench_transformers.py --model DIR|FILE.gguf [--prompt-tokens 128]
         [--gen-tokens 64] [--runs 3] [--threads N] [--json]
 """
 import argparse
@@ -35,8 +35,13 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    tok = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).eval()
+    import os
+    kw = {}
+    path = args.model
+    if path.endswith(".gguf"):  # transformers dequantizes GGUF weights to float
+        path, kw["gguf_file"] = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
+    tok = AutoTokenizer.from_pretrained(path, **kw)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype), **kw).eval()
     load_s = time.perf_counter() - t0
     base = tok(BENCH_TEXT, add_special_tokens=False).input_ids
     ids = (base * (args.prompt_tokens // len(base) + 1))[: args.prompt_tokens]

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# expert vs transformers on the same workload, one after the other in one run.
+#
+#   scripts/bench_compare.sh MODEL_DIR|FILE.gguf [PROMPT_TOKENS] [GEN_TOKENS] [RUNS]
+#
+# Prints expert's `bench --json` for f32, --quantize q8_0 and q4_k, then the
+# transformers peer (scripts/bench_transformers.py, float32, torch's default
+# thread count) with the same prompt ids and greedy decode length. Needs a
+# release build (cargo build --release) and, for the peer, torch+transformers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+model="$1"; p="${2:-128}"; g="${3:-64}"; runs="${4:-3}"
+exe=target/release/expert
+[ -x "$exe" ] || cargo build --release
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); commit $(git rev-parse --short HEAD)"
+quants=("" q8_0 q4_k)
+case "$model" in *.gguf) quants=("") ;; esac
+for q in "${quants[@]}"; do
+  printf 'expert %-6s ' "${q:-f32}"
+  "$exe" bench --model "$model" --prompt-tokens "$p" --gen-tokens "$g" --runs "$runs" --json ${q:+--quantize "$q"} 2>/dev/null
+done
+if python3 -c "import torch, transformers" 2>/dev/null; then
+  printf 'transformers f32 '
+  python3 scripts/bench_transformers.py --model "$model" --prompt-tokens "$p" --gen-tokens "$g" --runs "$runs" --json 2>/dev/null
+else
+  echo "transformers: skipped (torch/transformers not installed)"
+fi
