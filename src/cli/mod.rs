@@ -4,6 +4,8 @@ pub mod bench;
 pub mod chat;
 pub mod inspect;
 pub mod perplexity;
+pub mod quantize;
+pub mod repl;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -28,6 +30,8 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Measure prefill and decode throughput.
     Bench(bench::BenchArgs),
+    /// Quantize a safetensors model into a GGUF file (llama.cpp layout).
+    Quantize(quantize::QuantizeArgs),
 }
 
 /// Where the model comes from and how it is computed.
@@ -48,6 +52,10 @@ pub struct ModelArgs {
     /// Use only the local Hugging Face cache (like HF_HUB_OFFLINE=1).
     #[arg(long)]
     pub offline: bool,
+    /// Quantize a safetensors model's projections at load time: q8_0, q4_0,
+    /// q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k or q6_k (embedding and norms stay float).
+    #[arg(long, value_name = "TYPE")]
+    pub quantize: Option<String>,
 }
 
 /// A model ready to generate: weights, tokenizer and the model's own
@@ -59,6 +67,9 @@ pub struct Loaded {
     pub path: std::path::PathBuf,
     /// eos ids: generation_config.json's list, else config.json's.
     pub eos_ids: Vec<u32>,
+    /// The chat template embedded in the model file (GGUF `tokenizer.chat_template`);
+    /// None for directories, whose template is read from the directory.
+    pub chat_template: Option<String>,
 }
 
 impl ModelArgs {
@@ -75,7 +86,19 @@ impl ModelArgs {
         let path = self.resolve()?;
         let device = crate::model::select_device(&self.device)?;
         let dtype = crate::model::select_dtype(&self.dtype, &device)?;
-        let model = crate::model::load_dir(&path, dtype, &device)?;
+        if crate::model::gguf::is_gguf(&path) {
+            if self.quantize.is_some() {
+                anyhow::bail!(
+                    "--quantize applies to safetensors models; {} is a GGUF file, already quantized",
+                    path.display()
+                );
+            }
+            return quantize::load_gguf(&path, dtype, &device);
+        }
+        let model = match &self.quantize {
+            Some(q) => quantize::load_dir_quantized(&path, q, dtype, &device)?,
+            None => crate::model::load_dir(&path, dtype, &device)?,
+        };
         let tokenizer = crate::tokenizer::Tokenizer::from_dir(&path)?;
         let gen_cfg = path.join("generation_config.json");
         let mut eos_ids = if gen_cfg.is_file() {
@@ -91,6 +114,7 @@ impl ModelArgs {
             tokenizer,
             path,
             eos_ids,
+            chat_template: None,
         })
     }
 }
@@ -104,6 +128,7 @@ pub fn main() -> i32 {
         Command::Perplexity(a) => perplexity::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Quantize(a) => quantize::run(a),
     };
     match result {
         Ok(()) => 0,

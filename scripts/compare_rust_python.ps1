@@ -1,0 +1,17 @@
+# expert vs transformers on the original project's five standard prompts (raw
+# completion). Twin of scripts/compare_rust_python.sh: same defaults, same
+# shared logic in scripts/compare_inference.py; keep the two in step.
+#
+#   .\scripts\compare_rust_python.ps1 [-Model DIR] [-Release] [other compare_inference.py flags]
+param(
+    [string]$Model = "tests/fixtures/qwen3/tiny",
+    [switch]$Release,
+    [Parameter(ValueFromRemainingArguments = $true)][string[]]$Rest = @()
+)
+$ErrorActionPreference = "Stop"
+Set-Location (Join-Path $PSScriptRoot "..")
+$python = if ($env:PYTHON) { $env:PYTHON } else { "python" }
+$build = if ($Release) { "release" } else { "debug" }
+& $python scripts/compare_inference.py --model $Model --standard-prompts `
+    --max-new-tokens 16 --build $build --skip-missing-reference @Rest
+exit $LASTEXITCODE
