@@ -687,9 +687,13 @@ mod pty {
         keys.write_all(format!("/save {}\r", saved.display()).as_bytes())
             .unwrap();
         at = out.wait_for(at, "saved 2 messages");
+        // Wait for the editor to be back in raw mode (it prints the prompt
+        // after entering it); a key sent earlier meets the cooked terminal.
+        at = out.wait_for(at, ">>> ");
         // Ctrl-C at an empty prompt asks; Ctrl-D exits with status 0.
         keys.write_all(b"\x03").unwrap();
-        out.wait_for(at, "Ctrl-C again");
+        at = out.wait_for(at, "Ctrl-C again");
+        out.wait_for(at, ">>> ");
         keys.write_all(b"\x04").unwrap();
         assert_eq!(wait_exit(&mut child), 0, "{}", out.text());
         let conv = messages(&saved);
