@@ -7,7 +7,7 @@
 #
 # The CUDA toolkit: $CUDA_HOME / $CUDA_PATH, /usr/local/cuda, or nvcc on PATH.
 # Without one, CUDA 13.0 comes from PyPI into a reused virtual environment
-# (.cuda; see scripts/check-cuda.sh and /work/shared/notes/cuda-build.md),
+# (.cuda; see shared/notes/cuda-build.md),
 # with the libraries the link needs (cublas, curand, nvrtc, cudart).
 # The binary links libcuda.so.1 from the NVIDIA driver: run it where the
 # driver is installed (LD_LIBRARY_PATH must reach the toolkit's libraries).
