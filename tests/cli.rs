@@ -16,13 +16,23 @@ fn perplexity_json_matches_transformers_loss() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("text.txt");
         std::fs::write(&file, t["text"].as_str().unwrap()).unwrap();
-        let o = expert(&["perplexity", "--model", &tiny(), "--file", file.to_str().unwrap(), "--json"]);
+        let o = expert(&[
+            "perplexity",
+            "--model",
+            &tiny(),
+            "--file",
+            file.to_str().unwrap(),
+            "--json",
+        ]);
         assert!(o.status.success(), "{}", stderr(&o));
         let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
         let n = t["ids"].as_array().unwrap().len() as u64;
         assert_eq!(v["tokens"].as_u64().unwrap(), n - 1);
         let (ours, theirs) = (v["nll"].as_f64().unwrap(), t["nll"].as_f64().unwrap());
-        assert!((ours - theirs).abs() / theirs <= 1e-5, "nll {ours} vs {theirs}");
+        assert!(
+            (ours - theirs).abs() / theirs <= 1e-5,
+            "nll {ours} vs {theirs}"
+        );
         assert!((v["ppl"].as_f64().unwrap() - ours.exp()).abs() < 1e-9 * ours.exp());
     }
 }
@@ -30,7 +40,16 @@ fn perplexity_json_matches_transformers_loss() {
 #[test]
 fn perplexity_windows_score_every_token_after_each_window_start() {
     let text = root().join("tests/fixtures/text/english.txt");
-    let o = expert(&["perplexity", "--model", &tiny(), "--file", text.to_str().unwrap(), "--json", "--context", "64"]);
+    let o = expert(&[
+        "perplexity",
+        "--model",
+        &tiny(),
+        "--file",
+        text.to_str().unwrap(),
+        "--json",
+        "--context",
+        "64",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     let g = golden("tiny");
@@ -38,13 +57,23 @@ fn perplexity_windows_score_every_token_after_each_window_start() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|t| t["text"].as_str().unwrap().trim() == std::fs::read_to_string(&text).unwrap().trim())
+        .find(|t| {
+            t["text"].as_str().unwrap().trim() == std::fs::read_to_string(&text).unwrap().trim()
+        })
         .map(|t| t["ids"].as_array().unwrap().len());
     if let Some(n) = n {
         // ceil(n/64) windows, each loses its first token.
         assert_eq!(v["tokens"].as_u64().unwrap() as usize, n - n.div_ceil(64));
     }
-    let o = expert(&["perplexity", "--model", &tiny(), "--file", text.to_str().unwrap(), "--context", "1"]);
+    let o = expert(&[
+        "perplexity",
+        "--model",
+        &tiny(),
+        "--file",
+        text.to_str().unwrap(),
+        "--context",
+        "1",
+    ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("--context"), "{}", stderr(&o));
 }
@@ -59,24 +88,62 @@ fn raw_greedy_generation_matches_transformers() {
         let prompt = tok.decode(&prompt_ids, false).unwrap();
         let n = expected.len().to_string();
         let o = expert(&[
-            "chat", "--model", &tiny(), "--prompt", &prompt, "--raw", "--temperature", "0", "--max-tokens", &n, "--json",
+            "chat",
+            "--model",
+            &tiny(),
+            "--prompt",
+            &prompt,
+            "--raw",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            &n,
+            "--json",
         ]);
         assert!(o.status.success(), "{}", stderr(&o));
         let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
-        assert_eq!(ids(&v["token_ids"]), expected, "greedy continuation of {prompt:?}");
-        assert_eq!(v["prompt_tokens"].as_u64().unwrap() as usize, prompt_ids.len());
+        assert_eq!(
+            ids(&v["token_ids"]),
+            expected,
+            "greedy continuation of {prompt:?}"
+        );
+        assert_eq!(
+            v["prompt_tokens"].as_u64().unwrap() as usize,
+            prompt_ids.len()
+        );
         assert_eq!(v["stop_reason"], "length");
-        assert_eq!(v["text"].as_str().unwrap(), tok.decode(&expected, false).unwrap());
+        assert_eq!(
+            v["text"].as_str().unwrap(),
+            tok.decode(&expected, false).unwrap()
+        );
     }
 }
 
 #[test]
 fn errors_are_one_line() {
-    let o = expert(&["perplexity", "--model", &tiny(), "--file", "/no/such/file.txt"]);
+    let o = expert(&[
+        "perplexity",
+        "--model",
+        &tiny(),
+        "--file",
+        "/no/such/file.txt",
+    ]);
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
     assert_eq!(e.lines().count(), 1, "{e}");
     assert!(e.starts_with("error: cannot read /no/such/file.txt"), "{e}");
-    let o = expert(&["chat", "--model", &tiny(), "--prompt", "x", "--raw", "--dtype", "f64"]);
-    assert_eq!(stderr(&o).trim(), "error: --dtype: expected auto, f32, bf16 or f16, got `f64`");
+    let o = expert(&[
+        "chat",
+        "--model",
+        &tiny(),
+        "--prompt",
+        "x",
+        "--raw",
+        "--dtype",
+        "f64",
+    ]);
+    assert_eq!(
+        stderr(&o).trim(),
+        "error: --dtype: expected auto, f32, bf16 or f16, got `f64`"
+    );
 }

@@ -157,7 +157,10 @@ fn python_checker_agrees_with_inspect() {
         broken(|t, _| {
             let e = t["model.embed_tokens.weight"].clone();
             t.insert("lm_head.weight".into(), e);
-            t.insert("model.rotary_emb.inv_freq".into(), Tensor::zeros(8, DType::F32, &Device::Cpu).unwrap());
+            t.insert(
+                "model.rotary_emb.inv_freq".into(),
+                Tensor::zeros(8, DType::F32, &Device::Cpu).unwrap(),
+            );
         }),
     ];
     for d in &cases {
@@ -165,7 +168,14 @@ fn python_checker_agrees_with_inspect() {
         let ours = expert(&["inspect", "--model", dir, "--json"]);
         let ours: serde_json::Value = serde_json::from_str(&stdout(&ours)).unwrap();
         let py = std::process::Command::new("python3")
-            .args([root().join("scripts/check_safetensors_keys.py").to_str().unwrap(), dir, "--json"])
+            .args([
+                root()
+                    .join("scripts/check_safetensors_keys.py")
+                    .to_str()
+                    .unwrap(),
+                dir,
+                "--json",
+            ])
             .output()
             .expect("python3");
         let py: serde_json::Value = serde_json::from_slice(&py.stdout).unwrap();
@@ -173,7 +183,12 @@ fn python_checker_agrees_with_inspect() {
             assert_eq!(ours[key], py[key], "{key} differs for {dir}");
         }
         let names = |v: &serde_json::Value| -> Vec<String> {
-            v["tensors"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap().to_string()).collect()
+            v["tensors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["name"].as_str().unwrap().to_string())
+                .collect()
         };
         assert_eq!(names(&ours), names(&py));
     }
@@ -195,5 +210,9 @@ fn f16_storage_loads() {
     let mut model = expert::model::load_dir(d.path(), DType::F32, &Device::Cpu).unwrap();
     let score = expert::cli::perplexity::perplexity(&mut model, &ids, ids.len(), false).unwrap();
     let nll = seq["nll"].as_f64().unwrap();
-    assert!((score.nll - nll).abs() / nll < 1e-5, "{} vs {nll}", score.nll);
+    assert!(
+        (score.nll - nll).abs() / nll < 1e-5,
+        "{} vs {nll}",
+        score.nll
+    );
 }

@@ -58,7 +58,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut loaded = args.model.load()?;
     let load_s = t0.elapsed().as_secs_f64();
     let base = loaded.tokenizer.encode(BENCH_TEXT)?;
-    let prompt: Vec<u32> = base.iter().copied().cycle().take(args.prompt_tokens).collect();
+    let prompt: Vec<u32> = base
+        .iter()
+        .copied()
+        .cycle()
+        .take(args.prompt_tokens)
+        .collect();
     let engine = &mut loaded.engine;
     let (mut prefill, mut decode, mut ttft) = (vec![], vec![], vec![]);
     for run in 0..=args.runs {
@@ -88,7 +93,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         time_to_first_token_s: median(ttft),
         load_s,
         dtype: format!("{:?}", engine.model.dtype()).to_lowercase(),
-        device: if engine.model.device().is_cpu() { "cpu".into() } else { "cuda".into() },
+        device: if engine.model.device().is_cpu() {
+            "cpu".into()
+        } else {
+            "cuda".into()
+        },
     };
     if args.json {
         println!("{}", serde_json::to_string(&r)?);

@@ -55,7 +55,10 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
         model.reset_cache();
         let ids_t = Tensor::new(first, &candle_core::Device::Cpu)?;
         let tensors = std::collections::HashMap::from([
-            ("logits".to_string(), logits.to_device(&candle_core::Device::Cpu)?),
+            (
+                "logits".to_string(),
+                logits.to_device(&candle_core::Device::Cpu)?,
+            ),
             ("ids".to_string(), ids_t),
         ]);
         candle_core::safetensors::save(&tensors, out)

@@ -182,7 +182,10 @@ impl ModelConfig {
                 bail!("field `{name}`: expected a positive integer, got 0");
             }
         }
-        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             bail!(
                 "field `num_key_value_heads`: {} does not divide num_attention_heads {}",
                 self.num_key_value_heads,

@@ -443,16 +443,7 @@ pub fn write_gguf(dir: &Path, qtype: GgmlDType, out: &Path) -> Result<WriteRepor
 fn projection_base(hf: &str) -> Option<&str> {
     let base = hf.strip_suffix(".weight")?;
     let last = base.rsplit('.').next()?;
-    let proj = [
-        "q_proj",
-        "k_proj",
-        "v_proj",
-        "o_proj",
-        "gate_proj",
-        "up_proj",
-        "down_proj",
-    ];
-    (proj.contains(&last) || base == "lm_head").then_some(base)
+    (super::weights::LORA_TARGETS.contains(&last) || base == "lm_head").then_some(base)
 }
 
 fn s(v: &str) -> Value {
