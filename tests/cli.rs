@@ -147,3 +147,73 @@ fn errors_are_one_line() {
         "error: --dtype: expected auto, f32, bf16 or f16, got `f64`"
     );
 }
+
+/// Every --dtype and --device value: f32 is the reference, bf16/f16 stay
+/// close, `auto` is f32 on this CPU-only build, and CUDA is a clear error.
+#[test]
+fn dtype_and_device_values() {
+    let g = golden("tiny");
+    let t = &g["texts"][2];
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("text.txt");
+    std::fs::write(&file, t["text"].as_str().unwrap()).unwrap();
+    let model = tiny();
+    let nll = |extra: &[&str]| -> f64 {
+        let mut args = vec![
+            "perplexity",
+            "--model",
+            &model,
+            "--file",
+            file.to_str().unwrap(),
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let o = expert(&args);
+        assert!(o.status.success(), "{extra:?}: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+        v["nll"].as_f64().unwrap()
+    };
+    let reference = t["nll"].as_f64().unwrap();
+    for (args, tol) in [
+        (&["--dtype", "f32"][..], 1e-5),
+        (&["--dtype", "auto", "--device", "auto"][..], 1e-5),
+        (&["--device", "cpu"][..], 1e-5),
+        (&["--dtype", "bf16"][..], 1e-2),
+        (&["--dtype", "f16"][..], 1e-2),
+    ] {
+        let ours = nll(args);
+        let rel = (ours - reference).abs() / reference;
+        assert!(
+            rel <= tol,
+            "{args:?}: nll {ours} vs {reference} (rel {rel:e})"
+        );
+    }
+    if !cfg!(feature = "cuda") {
+        let o = expert(&[
+            "perplexity",
+            "--model",
+            &model,
+            "--file",
+            file.to_str().unwrap(),
+            "--device",
+            "cuda",
+        ]);
+        assert_eq!(o.status.code(), Some(1));
+        let e = stderr(&o);
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(e.starts_with("error: --device cuda"), "{e}");
+    }
+    let o = expert(&[
+        "perplexity",
+        "--model",
+        &model,
+        "--file",
+        file.to_str().unwrap(),
+        "--device",
+        "tpu",
+    ]);
+    assert_eq!(
+        stderr(&o).trim(),
+        "error: --device: expected cpu, cuda or auto, got `tpu`"
+    );
+}

@@ -227,9 +227,16 @@ fn bf16_compute_stays_close() {
 
 #[test]
 fn sequence_longer_than_context_is_an_error() {
-    let mut model = load("yarn", DType::F32);
-    assert_eq!(model.config.context_length(), 128);
-    let n = model.config.context_length() + 1;
-    let e = model.forward(&vec![1; n]).unwrap_err().to_string();
-    assert!(e.contains("exceeds the model's context"), "{e}");
+    for name in ["yarn", "linear"] {
+        let mut model = load(name, DType::F32);
+        assert_eq!(model.config.context_length(), 128);
+        let e = model.forward(&[1; 129]).unwrap_err().to_string();
+        assert!(
+            e.contains("129 tokens exceeds the model's context of 128"),
+            "{e}"
+        );
+        // Nothing half-done stays behind: the full context still works.
+        model.reset_cache();
+        model.forward(&[1; 128]).unwrap();
+    }
 }
