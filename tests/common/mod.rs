@@ -40,7 +40,15 @@ pub fn floats(v: &Value) -> Vec<f64> {
 }
 
 /// Every Qwen3 fixture directory.
-pub const FIXTURES: [&str; 6] = ["tiny", "untied-f32", "sharded", "yarn", "linear", "dynamic"];
+pub const FIXTURES: [&str; 7] = [
+    "tiny",
+    "untied-f32",
+    "sharded",
+    "yarn",
+    "linear",
+    "dynamic",
+    "trained",
+];
 
 /// Runs the expert binary with `args`.
 pub fn expert(args: &[&str]) -> Output {
