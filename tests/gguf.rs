@@ -770,3 +770,35 @@ fn k_quants_on_256_wide_rows() {
         GgmlDType::Q4K
     );
 }
+
+/// An architecture expert does not implement is refused in one line.
+#[test]
+fn unsupported_architecture_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("falcon.gguf");
+    let t = QTensor::quantize(
+        &Tensor::ones((2, 32), DType::F32, &Device::Cpu).unwrap(),
+        GgmlDType::F32,
+    )
+    .unwrap();
+    quantize::write_file(
+        &p,
+        &[(
+            "general.architecture".into(),
+            Value::String("falcon".into()),
+        )],
+        &[("a".into(), t)],
+    )
+    .unwrap();
+    let o = expert(&[
+        "perplexity",
+        "--model",
+        p.to_str().unwrap(),
+        "--file",
+        "Cargo.toml",
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("falcon"), "{err}");
+}

@@ -361,3 +361,27 @@ fn requantized_from_float_perplexity() {
         assert!(rel.abs() < budget, "{tname}: {:+.3}%", rel * 100.0);
     }
 }
+
+/// `expert inspect` on the real GGUF: metadata, architecture and types.
+#[test]
+fn inspect_shows_gguf_metadata_and_tensor_types() {
+    let Some(p) = model_path() else { return };
+    let o = expert(&["inspect", "--model", p.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["metadata"]["general.architecture"], "llama");
+    assert_eq!(v["metadata"]["llama.block_count"], 30);
+    let types: std::collections::BTreeMap<String, usize> = v["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .fold(Default::default(), |mut m, t| {
+            *m.entry(t["type"].as_str().unwrap_or("?").to_string())
+                .or_default() += 1;
+            m
+        });
+    // 272 tensors: 210 Q4_1 projections, 61 F32 norms, a Q8_0 embedding.
+    assert_eq!(types.get("Q4_1"), Some(&210), "{types:?}");
+    assert_eq!(types.get("F32"), Some(&61), "{types:?}");
+    assert_eq!(types.get("Q8_0"), Some(&1), "{types:?}");
+}
