@@ -391,12 +391,17 @@ pub fn load_messages(path: &Path) -> Result<Vec<Message>> {
         .collect()
 }
 
-/// Writes messages as a pretty-printed JSON list, atomically (temporary file
-/// in the same directory, then rename) so a crash never leaves half a file.
+/// Writes messages as a pretty-printed JSON list, atomically.
 pub fn save_messages(path: &Path, m: &[Message]) -> Result<()> {
+    write_json_atomic(path, &m)
+}
+
+/// Writes `value` as pretty-printed JSON, atomically (temporary file in the
+/// same directory, then rename) so a crash never leaves half a file.
+pub fn write_json_atomic<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
     let file = path.display();
-    let mut json = serde_json::to_string_pretty(m)
-        .with_context(|| format!("{file}: cannot serialize messages"))?;
+    let mut json =
+        serde_json::to_string_pretty(value).with_context(|| format!("{file}: cannot serialize"))?;
     json.push('\n');
     let name = path
         .file_name()

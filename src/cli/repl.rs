@@ -16,7 +16,7 @@ use super::Loaded;
 use crate::generate::{GenerateOptions, Stats, StopReason};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::template::Message;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Result};
 use input::{Entry, Input};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -577,19 +577,7 @@ impl Repl {
 fn save_conversation(path: &Path, system: Option<&str>, said: &[Said]) -> Result<()> {
     let mut all: Vec<Said> = system.map(|s| Said::new("system", s)).into_iter().collect();
     all.extend(said.iter().cloned());
-    let mut json = serde_json::to_string_pretty(&all)?;
-    json.push('\n');
-    let file = path.display();
-    let name = path
-        .file_name()
-        .ok_or_else(|| anyhow!("{file}: not a file path"))?
-        .to_string_lossy();
-    let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
-    std::fs::write(&tmp, json).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        anyhow!("cannot write {file}: {e}")
-    })
+    crate::template::write_json_atomic(path, &all)
 }
 
 /// Reads a conversation: the leading system message (if any) and the rest.
