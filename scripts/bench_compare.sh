@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# expert vs transformers on the same workload, one after the other in one run.
+# expert vs its peers on the same workload, one after the other in one run.
 #
 #   scripts/bench_compare.sh MODEL_DIR|FILE.gguf [PROMPT_TOKENS] [GEN_TOKENS] [RUNS]
 #
-# Prints expert's `bench --json` for f32, --quantize q8_0 and q4_k, then the
-# transformers peer (scripts/bench_transformers.py, float32, torch's default
-# thread count) with the same prompt ids and greedy decode length. Needs a
-# release build (cargo build --release) and, for the peer, torch+transformers.
+# Prints expert's `bench --json` for f32, --quantize q8_0 and q4_k (a GGUF:
+# as stored), then the peers with the same workload (prompt length, greedy
+# decode length): transformers (scripts/bench_transformers.py, float32,
+# torch's default threads) and, for a GGUF, llama.cpp
+# (scripts/bench_llama_cpp.py, needs llama-cpp-python). Each peer is skipped
+# with a note when its package is missing. Needs a release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model="$1"; p="${2:-128}"; g="${3:-64}"; runs="${4:-3}"
@@ -25,3 +27,12 @@ if python3 -c "import torch, transformers" 2>/dev/null; then
 else
   echo "transformers: skipped (torch/transformers not installed)"
 fi
+case "$model" in
+  *.gguf)
+    if python3 -c "import llama_cpp" 2>/dev/null; then
+      printf 'llama.cpp '
+      python3 scripts/bench_llama_cpp.py --model "$model" --prompt-tokens "$p" --gen-tokens "$g" --runs "$runs" --threads "$(nproc)" --json
+    else
+      echo "llama.cpp: skipped (llama-cpp-python not installed)"
+    fi ;;
+esac
