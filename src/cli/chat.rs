@@ -293,37 +293,27 @@ fn one_shot(args: ChatArgs) -> Result<()> {
     };
     let mut sampler = Sampler::new(params)?;
     install_interrupt_handler();
-    let display = ThinkingDisplay::for_stdout(args.hide_thinking);
-    let mut filter = ThinkFilter::new(display, prompt_opens_thinking(&text));
     let json = args.json;
+    let opens = prompt_opens_thinking(&text);
+    let (gen, tail) = stream_answer(
+        &mut loaded,
+        &ids,
+        opens,
+        &mut sampler,
+        &gen_opts,
+        args.hide_thinking,
+        json,
+    )?;
     let mut stdout = std::io::stdout();
-    let gen = {
-        let _guard = Generating::start();
-        loaded.engine.generate(
-            &ids,
-            &loaded.tokenizer,
-            &mut sampler,
-            &gen_opts,
-            Some(interrupt_flag()),
-            &mut |piece| {
-                if !json {
-                    stdout.write_all(filter.push(piece).as_bytes())?;
-                    stdout.flush()?;
-                }
-                Ok(())
-            },
-        )?
-    };
     let interrupted = gen.stats.stop_reason == crate::generate::StopReason::Interrupted;
     if json {
         let text = if args.hide_thinking {
-            hide_thinking(&gen.text, prompt_opens_thinking(&text))
+            hide_thinking(&gen.text, opens)
         } else {
             gen.text.clone()
         };
         println!("{}", generation_json(&gen, &text));
     } else {
-        let tail = filter.finish();
         stdout.write_all(tail.as_bytes())?;
         if interrupted {
             stdout.write_all(b" [interrupted]")?;
@@ -568,6 +558,39 @@ impl ThinkingDisplay {
             Self::Plain
         }
     }
+}
+
+/// Generates an answer for `ids`, streaming it to stdout (thinking dimmed or
+/// hidden) unless `json`; Ctrl-C stops it. Returns the generation and the
+/// text the thinking filter still held back (empty with `json`).
+pub(crate) fn stream_answer(
+    loaded: &mut super::Loaded,
+    ids: &[u32],
+    opens_thinking: bool,
+    sampler: &mut Sampler,
+    opts: &GenerateOptions,
+    hide_thinking: bool,
+    json: bool,
+) -> Result<(Generation, String)> {
+    let mut filter = ThinkFilter::new(ThinkingDisplay::for_stdout(hide_thinking), opens_thinking);
+    let mut stdout = std::io::stdout();
+    let _guard = Generating::start();
+    let gen = loaded.engine.generate(
+        ids,
+        &loaded.tokenizer,
+        sampler,
+        opts,
+        Some(interrupt_flag()),
+        &mut |piece| {
+            if !json {
+                stdout.write_all(filter.push(piece).as_bytes())?;
+                stdout.flush()?;
+            }
+            Ok(())
+        },
+    )?;
+    let tail = if json { String::new() } else { filter.finish() };
+    Ok((gen, tail))
 }
 
 /// Does the generation prompt leave a `<think>` block open (templates that

@@ -9,8 +9,8 @@
 mod input;
 
 use super::chat::{
-    context_window, generation_json, install_interrupt_handler, interrupt_flag, stats_report,
-    stop_reason_name, ChatArgs, Generating, PromptOptions, Prompter, ThinkFilter, ThinkingDisplay,
+    context_window, generation_json, install_interrupt_handler, stats_report, stop_reason_name,
+    ChatArgs, PromptOptions, Prompter,
 };
 use super::Loaded;
 use crate::generate::{GenerateOptions, Stats, StopReason};
@@ -427,32 +427,18 @@ impl Repl {
             eos_ids: self.loaded.eos_ids.clone(),
             stop_strings: self.stop.clone(),
         };
-        let display = ThinkingDisplay::for_stdout(self.hide_thinking);
         let opens = super::chat::prompt_opens_thinking(&rendered);
-        let mut filter = ThinkFilter::new(display, opens);
         let json = self.json;
-        let mut stdout = std::io::stdout();
-        let result = {
-            let _guard = Generating::start();
-            let Loaded {
-                engine, tokenizer, ..
-            } = &mut self.loaded;
-            engine.generate(
-                &ids,
-                tokenizer,
-                &mut self.sampler,
-                &opts,
-                Some(interrupt_flag()),
-                &mut |piece| {
-                    if !json {
-                        stdout.write_all(filter.push(piece).as_bytes())?;
-                        stdout.flush()?;
-                    }
-                    Ok(())
-                },
-            )
-        };
-        let gen = match result {
+        let result = super::chat::stream_answer(
+            &mut self.loaded,
+            &ids,
+            opens,
+            &mut self.sampler,
+            &opts,
+            self.hide_thinking,
+            json,
+        );
+        let (gen, mut tail) = match result {
             Ok(g) => g,
             Err(e) => {
                 if !json {
@@ -476,7 +462,6 @@ impl Repl {
             };
             println!("{}", generation_json(&gen, &shown));
         } else {
-            let mut tail = filter.finish();
             if interrupted {
                 tail.push_str(" [interrupted]");
             }
@@ -484,6 +469,7 @@ impl Repl {
             if self.terminal {
                 tail.push('\n');
             }
+            let mut stdout = std::io::stdout();
             stdout.write_all(tail.as_bytes())?;
             stdout.flush()?;
         }
