@@ -15,9 +15,7 @@ import json
 import statistics
 import time
 
-# Keep in step with BENCH_TEXT in src/cli/bench.rs.
-BENCH_TEXT = ("The lighthouse keeper wrote down every ship that passed, the wind, "
-              "the colour of the water and the hour the fog rolled in. ")
+from bench_transformers import BENCH_TEXT  # the same text as src/cli/bench.rs
 
 
 def main():
