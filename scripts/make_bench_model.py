@@ -4,7 +4,7 @@
 No trained Qwen3 weights are available here; speed does not depend on the
 values, so this gives representative throughput. Not committed (1.2 GB).
 
-    python3 scripts/make_bench_model.py [--out /tmp/qwen3-0.6b-random] [--shared ../shared/qwen3-tokenizer]
+    python3 scripts/make_bench_model.py [--out /tmp/qwen3-0.6b-random] [--shared DIR]   # default: the in-repo Qwen3-0.6B config and tokenizer
 """
 import argparse
 import os
@@ -16,8 +16,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="/tmp/qwen3-0.6b-random")
-    ap.add_argument("--shared", default=os.path.join(HERE, "..", "..", "shared", "qwen3-tokenizer"))
+    ap.add_argument("--shared", default=None)
     args = ap.parse_args()
+    if args.shared is None:
+        from qwen3_reference import reference_dir
+
+        args.shared = str(reference_dir())
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 

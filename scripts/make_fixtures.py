@@ -5,7 +5,7 @@ Usage:
     python3 scripts/make_fixtures.py                 # every generator that exists
     python3 scripts/make_fixtures.py --only qwen3    # one generator (repeatable)
     python3 scripts/make_fixtures.py --list
-    python3 scripts/make_fixtures.py --shared /path/to/qwen3-tokenizer
+    python3 scripts/make_fixtures.py --shared /path/to/qwen3-tokenizer   # default: the copies in tests/fixtures
 
 Each generator is a module `scripts/fixtures/<name>.py` exposing
 `generate(repo_root: pathlib.Path, shared_dir: pathlib.Path) -> None`.
@@ -60,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", action="append", metavar="NAME",
                         help="run only this generator (repeatable); default: all available")
-    parser.add_argument("--shared", type=Path, default=REPO_ROOT.parent / "shared" / "qwen3-tokenizer",
+    parser.add_argument("--shared", type=Path, default=None,
                         help="directory holding the real Qwen3 tokenizer/config files "
-                             "(default: <repo>/../shared/qwen3-tokenizer)")
+                             "(default: the in-repo copies, see scripts/qwen3_reference.py)")
     parser.add_argument("--list", action="store_true", help="list available generators and exit")
     args = parser.parse_args(argv)
 
@@ -76,7 +76,13 @@ def main(argv: list[str] | None = None) -> int:
         if name not in available:
             raise SystemExit(f"unknown or missing generator {name!r}; available: {', '.join(available)}")
 
-    shared_dir = args.shared.resolve()
+    if args.shared is None:
+        sys.path.insert(0, str(SCRIPTS_DIR))
+        from qwen3_reference import reference_dir
+
+        shared_dir = reference_dir()
+    else:
+        shared_dir = args.shared.resolve()
     for name in names:
         print(f"=== generator: {name} (shared dir: {shared_dir})", flush=True)
         load_generator(name).generate(REPO_ROOT, shared_dir)

@@ -7,4 +7,6 @@ gguf="$(bash scripts/fetch_test_model.sh | tail -n 1)"
 export EXPERT_SMOLLM2_GGUF="$gguf"
 # Tests that need the real model fail (instead of skipping) when this is set.
 export EXPERT_REQUIRE_TEST_MODEL=1
-cargo test --all-targets
+# Release profile: the dependencies (candle above all) are compiled once and
+# shared with `cargo run --release` / `cargo build --release`.
+cargo test --release --all-targets "$@"

@@ -11,3 +11,6 @@ pub mod model;
 pub mod sampling;
 pub mod template;
 pub mod tokenizer;
+
+#[cfg(test)]
+mod test_fixtures;

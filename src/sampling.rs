@@ -476,11 +476,8 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
-    fn qwen_dir() -> &'static Path {
-        Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../shared/qwen3-tokenizer"
-        ))
+    fn qwen_dir() -> std::path::PathBuf {
+        crate::test_fixtures::qwen3_tokenizer_dir()
     }
 
     fn params(temperature: f64, top_p: f64, top_k: usize, min_p: f64) -> SamplingParams {

@@ -846,11 +846,8 @@ fn strftime(format: &str, unix: i64) -> String {
 mod tests {
     use super::*;
 
-    fn qwen_dir() -> &'static Path {
-        Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../shared/qwen3-tokenizer"
-        ))
+    fn qwen_dir() -> std::path::PathBuf {
+        crate::test_fixtures::qwen3_tokenizer_dir()
     }
 
     fn fixture(name: &str) -> Json {
@@ -895,7 +892,7 @@ mod tests {
 
     #[test]
     fn qwen3_renders_like_transformers() {
-        let tmpl = ChatTemplate::from_dir(qwen_dir()).unwrap().unwrap();
+        let tmpl = ChatTemplate::from_dir(&qwen_dir()).unwrap().unwrap();
         let cases = cases(&fixture("qwen3.json"));
         assert!(cases.len() >= 10);
         for c in &cases {
@@ -910,8 +907,8 @@ mod tests {
 
     #[test]
     fn qwen3_prompt_ids_match_transformers_and_are_injection_safe() {
-        let tok = Tokenizer::from_dir(qwen_dir()).unwrap();
-        let tmpl = ChatTemplate::from_dir(qwen_dir()).unwrap().unwrap();
+        let tok = Tokenizer::from_dir(&qwen_dir()).unwrap();
+        let tmpl = ChatTemplate::from_dir(&qwen_dir()).unwrap().unwrap();
         let mut injected = 0;
         for c in cases(&fixture("qwen3.json")) {
             let (text, ids) = encode_prompt(&tok, &tmpl, &c.messages, &c.opts).unwrap();
@@ -962,7 +959,7 @@ mod tests {
 
     #[test]
     fn injection_in_roles_and_assistant_turns_stays_text() {
-        let tok = Tokenizer::from_dir(qwen_dir()).unwrap();
+        let tok = Tokenizer::from_dir(&qwen_dir()).unwrap();
         let count = |ids: &[u32], id: u32| ids.iter().filter(|&&x| x == id).count();
         let opts = RenderOptions {
             add_generation_prompt: true,
@@ -971,7 +968,7 @@ mod tests {
 
         // Qwen3 rewrites assistant content (splits on </think>); the
         // special-token text inside must survive that as plain text.
-        let qwen = ChatTemplate::from_dir(qwen_dir()).unwrap().unwrap();
+        let qwen = ChatTemplate::from_dir(&qwen_dir()).unwrap().unwrap();
         let messages = vec![
             Message::new("user", "hi"),
             Message::new(

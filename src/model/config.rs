@@ -381,10 +381,7 @@ mod tests {
     use super::*;
 
     fn qwen3_0_6b() -> Value {
-        let p = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../shared/qwen3-tokenizer/config.json"
-        );
+        let p = crate::test_fixtures::qwen3_0_6b_dir().join("config.json");
         serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
     }
 

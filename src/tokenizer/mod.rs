@@ -359,15 +359,12 @@ pub(crate) fn special_token_field(
 mod tests {
     use super::*;
 
-    pub(super) fn qwen_dir() -> &'static Path {
-        Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../shared/qwen3-tokenizer"
-        ))
+    pub(super) fn qwen_dir() -> std::path::PathBuf {
+        crate::test_fixtures::qwen3_tokenizer_dir()
     }
 
     pub(super) fn qwen() -> Tokenizer {
-        Tokenizer::from_dir(qwen_dir()).unwrap()
+        Tokenizer::from_dir(&qwen_dir()).unwrap()
     }
 
     // Reference ids below come from Python `tokenizers` 0.23.3 on the same
