@@ -5,6 +5,7 @@
 //! prefill/decode/stop/stream, `cli/` holds one file per subcommand.
 
 pub mod cli;
+pub mod formats;
 pub mod generate;
 pub mod hub;
 pub mod model;

@@ -148,7 +148,7 @@ impl SamplingParams {
         if !path.exists() {
             return Ok(Self::default());
         }
-        let map = read_json_object(path)?;
+        let map = crate::formats::json::read_object(path)?;
         let file = path.display();
         let number = |key: &str| -> Result<Option<f64>> {
             match map.get(key) {
@@ -233,23 +233,10 @@ impl SamplingParams {
     }
 }
 
-fn read_json_object(path: &Path) -> Result<serde_json::Map<String, Value>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    match serde_json::from_str::<Value>(&text) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => bail!(
-            "{}: expected a JSON object at the top level",
-            path.display()
-        ),
-        Err(e) => bail!("{}: invalid JSON: {e}", path.display()),
-    }
-}
-
 /// `eos_token_id` from `generation_config.json`: an integer or a list of
 /// integers; empty when the field is missing or null.
 pub fn eos_ids_from_generation_config(path: &Path) -> Result<Vec<u32>> {
-    let map = read_json_object(path)?;
+    let map = crate::formats::json::read_object(path)?;
     let bad = |v: &Value| {
         anyhow!(
             "{}: eos_token_id: expected a token id or a list of token ids, got {v}",

@@ -7,7 +7,8 @@
 //! [`encode_prompt`] turns messages into ids so that text written by the user
 //! can never become a control token; see its documentation.
 
-use crate::tokenizer::{read_json_object, special_token_field, Segment, Tokenizer};
+use crate::formats::json::read_object;
+use crate::tokenizer::{special_token_field, Segment, Tokenizer};
 use anyhow::{anyhow, bail, Context, Result};
 use minijinja::value::{Kwargs, ValueKind};
 use minijinja::{Environment, Error as JinjaError, ErrorKind, Output, State, Value};
@@ -87,7 +88,7 @@ impl ChatTemplate {
     pub fn from_dir(dir: &Path) -> Result<Option<Self>> {
         let config_path = dir.join("tokenizer_config.json");
         let config = if config_path.exists() {
-            Some(read_json_object(&config_path)?)
+            Some(read_object(&config_path)?)
         } else {
             None
         };
@@ -112,7 +113,7 @@ impl ChatTemplate {
         {
             (s, config_path)
         } else if json_path.exists() {
-            match template_field(&read_json_object(&json_path)?, &json_path)? {
+            match template_field(&read_object(&json_path)?, &json_path)? {
                 Some(s) => (s, json_path),
                 None => return Ok(None),
             }
@@ -199,7 +200,7 @@ fn template_field(config: &serde_json::Map<String, Json>, path: &Path) -> Result
         Some(v) => bail!(
             "{}: chat_template: expected a string or a list of {{name, template}}, got {}",
             path.display(),
-            json_kind(v)
+            crate::formats::json::kind(v)
         ),
     }
 }
@@ -347,17 +348,15 @@ pub fn strip_thinking(text: &str) -> (Option<String>, String) {
 /// are ignored.
 pub fn load_messages(path: &Path) -> Result<Vec<Message>> {
     let file = path.display();
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {file}"))?;
-    let json: Json =
-        serde_json::from_str(&text).map_err(|e| anyhow!("{file}: invalid JSON: {e}"))?;
+    let json = crate::formats::json::read_value(path)?;
     let (list, prefix) = match &json {
         Json::Array(list) => (list, ""),
         Json::Object(o) => match o.get("messages") {
             Some(Json::Array(list)) => (list, "messages"),
-            Some(v) => bail!("{file}: messages: expected a list, got {}", json_kind(v)),
+            Some(v) => bail!("{file}: messages: expected a list, got {}", crate::formats::json::kind(v)),
             None => bail!("{file}: expected a list of messages or an object with \"messages\""),
         },
-        v => bail!("{file}: expected a list of messages, got {}", json_kind(v)),
+        v => bail!("{file}: expected a list of messages, got {}", crate::formats::json::kind(v)),
     };
     list.iter()
         .enumerate()
@@ -366,7 +365,7 @@ pub fn load_messages(path: &Path) -> Result<Vec<Message>> {
             let Json::Object(o) = item else {
                 bail!(
                     "{file}: {at}: expected an object with role and content, got {}",
-                    json_kind(item)
+                    crate::formats::json::kind(item)
                 );
             };
             let field = |key: &str| -> Result<String> {
@@ -374,7 +373,7 @@ pub fn load_messages(path: &Path) -> Result<Vec<Message>> {
                     Some(Json::String(s)) => Ok(s.clone()),
                     Some(v) => bail!(
                         "{file}: {at}.{key}: expected a string, got {}",
-                        json_kind(v)
+                        crate::formats::json::kind(v)
                     ),
                     None => bail!("{file}: {at}.{key}: missing"),
                 }
@@ -393,38 +392,9 @@ pub fn load_messages(path: &Path) -> Result<Vec<Message>> {
 
 /// Writes messages as a pretty-printed JSON list, atomically.
 pub fn save_messages(path: &Path, m: &[Message]) -> Result<()> {
-    write_json_atomic(path, &m)
+    crate::formats::json::write_atomic(path, &m)
 }
 
-/// Writes `value` as pretty-printed JSON, atomically (temporary file in the
-/// same directory, then rename) so a crash never leaves half a file.
-pub fn write_json_atomic<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
-    let file = path.display();
-    let mut json =
-        serde_json::to_string_pretty(value).with_context(|| format!("{file}: cannot serialize"))?;
-    json.push('\n');
-    let name = path
-        .file_name()
-        .ok_or_else(|| anyhow!("{file}: not a file path"))?
-        .to_string_lossy();
-    let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
-    std::fs::write(&tmp, json).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        anyhow!("cannot write {file}: {e}")
-    })
-}
-
-fn json_kind(v: &Json) -> &'static str {
-    match v {
-        Json::Null => "null",
-        Json::Bool(_) => "a boolean",
-        Json::Number(_) => "a number",
-        Json::String(_) => "a string",
-        Json::Array(_) => "a list",
-        Json::Object(_) => "an object",
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Jinja environment: the parts of transformers' setup minijinja lacks.

@@ -563,14 +563,14 @@ impl Repl {
 fn save_conversation(path: &Path, system: Option<&str>, said: &[Said]) -> Result<()> {
     let mut all: Vec<Said> = system.map(|s| Said::new("system", s)).into_iter().collect();
     all.extend(said.iter().cloned());
-    crate::template::write_json_atomic(path, &all)
+    crate::formats::json::write_atomic(path, &all)
 }
 
 /// Reads a conversation: the leading system message (if any) and the rest.
 fn load_conversation(path: &Path) -> Result<(Option<String>, Vec<Said>)> {
     let messages = super::chat::read_messages(path)?;
     // load_messages validated the shape; read the `interrupted` marks.
-    let json: Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+    let json = crate::formats::json::read_value(path)?;
     let list = match &json {
         Value::Array(l) => l.clone(),
         Value::Object(o) => o

@@ -76,7 +76,7 @@ impl Tokenizer {
         if !config_path.exists() {
             return Ok(tok);
         }
-        let config = read_json_object(&config_path)?;
+        let config = crate::formats::json::read_object(&config_path)?;
         let bos = special_token_field(&config, "bos_token", &config_path)?;
         let eos = special_token_field(&config, "eos_token", &config_path)?;
         let add_bos = match config.get("add_bos_token") {
@@ -319,19 +319,6 @@ fn encode_with(tok: &tokenizers::Tokenizer, text: &str, add_special: bool) -> Re
         .encode_fast(text, add_special)
         .map_err(|e| anyhow!("cannot tokenize text: {e}"))?;
     Ok(enc.get_ids().to_vec())
-}
-
-pub(crate) fn read_json_object(path: &Path) -> Result<serde_json::Map<String, Value>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    match serde_json::from_str::<Value>(&text) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => bail!(
-            "{}: expected a JSON object at the top level",
-            path.display()
-        ),
-        Err(e) => bail!("{}: invalid JSON: {e}", path.display()),
-    }
 }
 
 /// A token field of `tokenizer_config.json`: a string, an AddedToken object
