@@ -2,13 +2,14 @@
 //! the KV cache already holds), then decode one token at a time until an eos
 //! id, a stop string, the token budget or an interrupt.
 
-use crate::model::Model;
+use crate::model::{KvCache, Model};
 use crate::sampling::Sampler;
 use crate::tokenizer::Tokenizer;
 use anyhow::Result;
 use candle_core::Tensor;
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -51,15 +52,20 @@ pub struct Generation {
     pub stats: Stats,
 }
 
-/// A model plus the ids whose keys/values sit in its cache.
+/// One sequence's generation state over a shared model: its KV cache and
+/// the ids whose keys/values the cache holds. Two engines over the same
+/// `Arc<Model>` are two independent conversations.
 pub struct Engine {
-    pub model: Model,
+    pub model: Arc<Model>,
+    cache: KvCache,
     cached: Vec<u32>,
 }
 
 impl Engine {
-    pub fn new(model: Model) -> Self {
+    pub fn new(model: impl Into<Arc<Model>>) -> Self {
+        let model = model.into();
         Self {
+            cache: model.new_cache(),
             model,
             cached: Vec::new(),
         }
@@ -71,7 +77,7 @@ impl Engine {
     }
 
     pub fn reset(&mut self) {
-        self.model.reset_cache();
+        self.cache.reset();
         self.cached.clear();
     }
 
@@ -92,9 +98,9 @@ impl Engine {
             .count();
         // At least one token must run to produce logits.
         let keep = common.min(prompt.len() - 1);
-        self.model.truncate_cache(keep);
+        self.cache.truncate(keep);
         self.cached.truncate(keep);
-        let logits = self.model.forward_last(&prompt[keep..]);
+        let logits = self.model.forward_last(&prompt[keep..], &mut self.cache);
         // On error the cache may hold a partial step: forget it entirely.
         let logits = logits.inspect_err(|_| self.reset())?;
         self.cached.extend_from_slice(&prompt[keep..]);
@@ -105,7 +111,7 @@ impl Engine {
     pub fn decode_step(&mut self, id: u32) -> Result<Tensor> {
         let logits = self
             .model
-            .forward_last(&[id])
+            .forward_last(&[id], &mut self.cache)
             .inspect_err(|_| self.reset())?;
         self.cached.push(id);
         Ok(logits)

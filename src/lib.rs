@@ -1,14 +1,24 @@
 //! expert: run Qwen3 (and Llama-family) language models locally on candle.
 //!
-//! Layout: `model/` is the network and its weights, `tokenizer`/`template`
-//! turn text into ids, `sampling` picks the next id, `generate` drives
-//! prefill/decode/stop/stream, `cli/` holds one file per subcommand.
+//! The modules follow the data, bottom to top (imports point downwards):
+//!
+//! - `formats`: bytes on disk ↔ tensors, metadata, JSON (safetensors, GGUF)
+//! - `ops`: the per-token compute (matmul, attention)
+//! - `model`: config, weights, layers, the stateless forward pass, KV cache
+//! - `tokenizer`: text ↔ ids (tokenizer.json or GGUF vocabularies)
+//! - `load`: a model spec → a validated model, tokenizer and eos ids;
+//!   `quantize`: the offline GGUF writer beside it
+//! - `sampling`, `generate`: next-token choice; prefill/decode/stop/stream
+//! - `template`: chat templates and conversations
+//! - `cli`: arguments and printing, one file per subcommand
 
 pub mod cli;
 pub mod formats;
 pub mod generate;
-pub mod hub;
+pub mod load;
 pub mod model;
+pub mod ops;
+pub mod quantize;
 pub mod sampling;
 pub mod template;
 pub mod tokenizer;

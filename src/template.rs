@@ -353,10 +353,16 @@ pub fn load_messages(path: &Path) -> Result<Vec<Message>> {
         Json::Array(list) => (list, ""),
         Json::Object(o) => match o.get("messages") {
             Some(Json::Array(list)) => (list, "messages"),
-            Some(v) => bail!("{file}: messages: expected a list, got {}", crate::formats::json::kind(v)),
+            Some(v) => bail!(
+                "{file}: messages: expected a list, got {}",
+                crate::formats::json::kind(v)
+            ),
             None => bail!("{file}: expected a list of messages or an object with \"messages\""),
         },
-        v => bail!("{file}: expected a list of messages, got {}", crate::formats::json::kind(v)),
+        v => bail!(
+            "{file}: expected a list of messages, got {}",
+            crate::formats::json::kind(v)
+        ),
     };
     list.iter()
         .enumerate()
@@ -394,7 +400,6 @@ pub fn load_messages(path: &Path) -> Result<Vec<Message>> {
 pub fn save_messages(path: &Path, m: &[Message]) -> Result<()> {
     crate::formats::json::write_atomic(path, &m)
 }
-
 
 // ---------------------------------------------------------------------------
 // Jinja environment: the parts of transformers' setup minijinja lacks.

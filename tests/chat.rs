@@ -933,7 +933,7 @@ mod library {
     fn chat() -> Chat {
         let dir = fixture("tiny");
         let model =
-            expert::model::load_dir(&dir, candle_core::DType::F32, &candle_core::Device::Cpu)
+            expert::load::dir_model(&dir, candle_core::DType::F32, &candle_core::Device::Cpu)
                 .unwrap();
         Chat {
             engine: Engine::new(model),

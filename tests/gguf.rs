@@ -9,8 +9,9 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use expert::cli::perplexity::perplexity;
-use expert::model::gguf::{self, Array, GgufFile, Value};
-use expert::model::{load_dir, quantize, Model};
+use expert::formats::gguf::{parse_quant_type, write_file, GgufFile, MetaArray, MetaValue};
+use expert::load::{dir_model, dir_model_quantized};
+use expert::model::Model;
 use std::path::{Path, PathBuf};
 
 // ---------------------------------------------------------------------------
@@ -28,9 +29,12 @@ fn valid_file(dir: &Path) -> PathBuf {
         GgmlDType::F32,
     )
     .unwrap();
-    quantize::write_file(
+    write_file(
         &p,
-        &[("general.architecture".into(), Value::String("llama".into()))],
+        &[(
+            "general.architecture".into(),
+            MetaValue::String("llama".into()),
+        )],
         &[("a".into(), t)],
     )
     .unwrap();
@@ -229,19 +233,22 @@ fn absurd_model_metadata_is_refused_without_allocating() {
         GgmlDType::F32,
     )
     .unwrap();
-    let meta: Vec<(String, Value)> = vec![
-        ("general.architecture".into(), Value::String("llama".into())),
-        ("llama.block_count".into(), Value::U64(1 << 40)),
-        ("llama.context_length".into(), Value::U32(64)),
-        ("llama.embedding_length".into(), Value::U32(32)),
-        ("llama.feed_forward_length".into(), Value::U32(64)),
-        ("llama.attention.head_count".into(), Value::U32(2)),
+    let meta: Vec<(String, MetaValue)> = vec![
+        (
+            "general.architecture".into(),
+            MetaValue::String("llama".into()),
+        ),
+        ("llama.block_count".into(), MetaValue::U64(1 << 40)),
+        ("llama.context_length".into(), MetaValue::U32(64)),
+        ("llama.embedding_length".into(), MetaValue::U32(32)),
+        ("llama.feed_forward_length".into(), MetaValue::U32(64)),
+        ("llama.attention.head_count".into(), MetaValue::U32(2)),
         (
             "llama.attention.layer_norm_rms_epsilon".into(),
-            Value::F32(1e-5),
+            MetaValue::F32(1e-5),
         ),
     ];
-    quantize::write_file(&p, &meta, &[("token_embd.weight".into(), embd)]).unwrap();
+    write_file(&p, &meta, &[("token_embd.weight".into(), embd)]).unwrap();
     for cmd in ["inspect", "perplexity"] {
         let o = expert(
             &[cmd, "--model", p.to_str().unwrap(), "--file", "Cargo.toml"]
@@ -320,11 +327,11 @@ fn self_sampled(model: &mut Model, n: usize, len: usize, seed: u64) -> Vec<Vec<u
     let vocab = model.config.vocab_size;
     (0..n)
         .map(|_| {
-            model.reset_cache();
+            let mut cache_model = model.new_cache();
             let mut seq = vec![(rng.uniform() * vocab as f64) as u32];
             while seq.len() < len {
                 let logits: Vec<f32> = model
-                    .forward_last(&seq[seq.len() - 1..])
+                    .forward_last(&seq[seq.len() - 1..], &mut cache_model)
                     .unwrap()
                     .to_vec1()
                     .unwrap();
@@ -341,7 +348,6 @@ fn self_sampled(model: &mut Model, n: usize, len: usize, seed: u64) -> Vec<Vec<u
                 }
                 seq.push(pick as u32);
             }
-            model.reset_cache();
             seq
         })
         .collect()
@@ -352,16 +358,16 @@ fn quantize_at_load_perplexity_close_to_f32_and_gguf_round_trip_is_exact() {
     let dir = tempfile::tempdir().unwrap();
     for name in FIXTURES {
         let seqs = sequences(name);
-        let mut f32_model = load_dir(&fixture(name), DType::F32, &Device::Cpu).unwrap();
+        let mut f32_model = dir_model(&fixture(name), DType::F32, &Device::Cpu).unwrap();
         let len = f32_model.config.max_position_embeddings.clamp(32, 128);
         let sampled = self_sampled(&mut f32_model, 8, len, 7);
         let base = mean_nll(&mut f32_model, &seqs);
         let base_s = mean_nll(&mut f32_model, &sampled);
         drop(f32_model);
         for (tname, budget) in BUDGETS {
-            let t = quantize::parse_type(tname).unwrap();
+            let t = parse_quant_type(tname).unwrap();
             let (mut q, report) =
-                quantize::load_dir_quantized(&fixture(name), t, DType::F32, &Device::Cpu).unwrap();
+                dir_model_quantized(&fixture(name), t, DType::F32, &Device::Cpu).unwrap();
             let nll = mean_nll(&mut q, &seqs);
             let nll_s = mean_nll(&mut q, &sampled);
             let rel = (nll - base).exp() - 1.0;
@@ -384,7 +390,7 @@ fn quantize_at_load_perplexity_close_to_f32_and_gguf_round_trip_is_exact() {
 
             // expert quantize → GGUF → the same logits, bit for bit.
             let out = dir.path().join(format!("{name}-{tname}.gguf"));
-            let written = quantize::write_gguf(&fixture(name), t, &out);
+            let written = expert::quantize::write_gguf(&fixture(name), t, &out);
             if name == "dynamic" {
                 let e = format!("{:#}", written.unwrap_err());
                 assert!(
@@ -394,12 +400,15 @@ fn quantize_at_load_perplexity_close_to_f32_and_gguf_round_trip_is_exact() {
                 continue;
             }
             let written = written.unwrap();
-            let (mut g, _) = gguf::load(&out, DType::F32, &Device::Cpu).unwrap();
+            let (g, _) = load_gguf(&out);
             assert_eq!(g.config.rope, q.config.rope, "{name}");
             for s in &seqs {
-                q.reset_cache();
-                g.reset_cache();
-                let (a, b) = (q.forward(s).unwrap(), g.forward(s).unwrap());
+                let mut cache_q = q.new_cache();
+                let mut cache_g = g.new_cache();
+                let (a, b) = (
+                    q.forward(s, &mut cache_q).unwrap(),
+                    g.forward(s, &mut cache_g).unwrap(),
+                );
                 assert_eq!(
                     max_abs_diff(&a, &b),
                     0.0,
@@ -466,7 +475,7 @@ fn written_gguf_has_llama_cpp_layout_and_the_tokenizer() {
     let tokens = f.get("tokenizer.ggml.tokens").unwrap().as_array().unwrap();
     assert_eq!(tokens.len(), 151936);
     assert_eq!(tokens.strings().unwrap()[151669], "[PAD151669]");
-    let Some(Array::I32(types)) = f
+    let Some(MetaArray::I32(types)) = f
         .get("tokenizer.ggml.token_type")
         .and_then(|v| v.as_array())
     else {
@@ -725,7 +734,7 @@ fn synthetic_k_quant_model(dir: &Path) {
 fn k_quants_on_256_wide_rows() {
     let dir = tempfile::tempdir().unwrap();
     synthetic_k_quant_model(dir.path());
-    let mut f = load_dir(dir.path(), DType::F32, &Device::Cpu).unwrap();
+    let mut f = dir_model(dir.path(), DType::F32, &Device::Cpu).unwrap();
     let seqs = self_sampled(&mut f, 3, 128, 42);
     let base = mean_nll(&mut f, &seqs);
     // Random weights are far more sensitive than trained ones; what is
@@ -733,9 +742,8 @@ fn k_quants_on_256_wide_rows() {
     // error grows as bits shrink, and that q8_0 stays within 0.5 %.
     let mut last = 0.0;
     for tname in ["q8_0", "q6_k", "q5_k", "q4_k", "q3_k", "q2_k"] {
-        let t = quantize::parse_type(tname).unwrap();
-        let (mut q, report) =
-            quantize::load_dir_quantized(dir.path(), t, DType::F32, &Device::Cpu).unwrap();
+        let t = parse_quant_type(tname).unwrap();
+        let (mut q, report) = dir_model_quantized(dir.path(), t, DType::F32, &Device::Cpu).unwrap();
         assert!(report.fallbacks().is_empty(), "{}", report.summary());
         let nll = mean_nll(&mut q, &seqs);
         let rel = (nll - base).exp() - 1.0;
@@ -756,12 +764,14 @@ fn k_quants_on_256_wide_rows() {
     }
     // A k-quant GGUF reads back to the same logits too.
     let out = dir.path().join("k.gguf");
-    quantize::write_gguf(dir.path(), GgmlDType::Q4K, &out).unwrap();
-    let (mut g, _) = gguf::load(&out, DType::F32, &Device::Cpu).unwrap();
-    let (mut q, _) =
-        quantize::load_dir_quantized(dir.path(), GgmlDType::Q4K, DType::F32, &Device::Cpu).unwrap();
+    expert::quantize::write_gguf(dir.path(), GgmlDType::Q4K, &out).unwrap();
+    let (g, _) = load_gguf(&out);
+    let (q, _) = dir_model_quantized(dir.path(), GgmlDType::Q4K, DType::F32, &Device::Cpu).unwrap();
     assert_eq!(
-        max_abs_diff(&q.forward(&seqs[0]).unwrap(), &g.forward(&seqs[0]).unwrap()),
+        max_abs_diff(
+            &q.forward(&seqs[0], &mut q.new_cache()).unwrap(),
+            &g.forward(&seqs[0], &mut g.new_cache()).unwrap()
+        ),
         0.0
     );
     let f = GgufFile::open(&out).unwrap();
@@ -781,11 +791,11 @@ fn unsupported_architecture_is_refused() {
         GgmlDType::F32,
     )
     .unwrap();
-    quantize::write_file(
+    write_file(
         &p,
         &[(
             "general.architecture".into(),
-            Value::String("falcon".into()),
+            MetaValue::String("falcon".into()),
         )],
         &[("a".into(), t)],
     )

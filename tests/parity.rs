@@ -7,10 +7,11 @@ use candle_core::{DType, Device, Tensor};
 use common::*;
 use expert::cli::perplexity::perplexity;
 use expert::generate::Engine;
-use expert::model::{load_dir, Model};
+use expert::load::dir_model;
+use expert::model::Model;
 
 fn load(name: &str, dtype: DType) -> Model {
-    load_dir(&fixture(name), dtype, &Device::Cpu).unwrap_or_else(|e| panic!("{name}: {e:#}"))
+    dir_model(&fixture(name), dtype, &Device::Cpu).unwrap_or_else(|e| panic!("{name}: {e:#}"))
 }
 
 fn argmax(t: &Tensor) -> u32 {
@@ -29,12 +30,12 @@ fn max_abs_diff(a: &[f32], b: &[f64]) -> f64 {
 fn logits_match_transformers() {
     for name in FIXTURES {
         let g = golden(name);
-        let mut model = load(name, DType::F32);
+        let model = load(name, DType::F32);
         let mut worst = 0f64;
         for seq in g["sequences"].as_array().unwrap() {
             let ids = ids(&seq["ids"]);
-            model.reset_cache();
-            let logits = model.forward(&ids).unwrap();
+            let mut cache = model.new_cache();
+            let logits = model.forward(&ids, &mut cache).unwrap();
             let slice = &seq["logits"];
             let start = slice["start"].as_u64().unwrap() as usize;
             for (pos, expected) in slice["positions"]
@@ -140,12 +141,12 @@ fn kv_cache_equals_full_recompute() {
     for name in ["tiny", "untied-f32", "sharded", "yarn", "linear"] {
         let g = golden(name);
         let ids = ids(&g["sequences"][0]["ids"]);
-        let mut model = load(name, DType::F32);
-        let full = model.forward(&ids).unwrap();
-        model.reset_cache();
+        let model = load(name, DType::F32);
+        let full = model.forward(&ids, &mut model.new_cache()).unwrap();
+        let mut cache = model.new_cache();
         let mut worst = 0f32;
         for (i, &id) in ids.iter().enumerate() {
-            let step = model.forward_last(&[id]).unwrap();
+            let step = model.forward_last(&[id], &mut cache).unwrap();
             let d = (step - full.get(i).unwrap())
                 .unwrap()
                 .abs()
@@ -161,10 +162,10 @@ fn kv_cache_equals_full_recompute() {
             "{name}: token-by-token vs one pass: {worst:e}"
         );
         // Split prefill: half in one pass, the rest in a second pass.
-        model.reset_cache();
+        let mut cache = model.new_cache();
         let half = ids.len() / 2;
-        model.forward(&ids[..half]).unwrap();
-        let rest = model.forward(&ids[half..]).unwrap();
+        model.forward(&ids[..half], &mut cache).unwrap();
+        let rest = model.forward(&ids[half..], &mut cache).unwrap();
         let d = (rest - full.narrow(0, half, ids.len() - half).unwrap())
             .unwrap()
             .abs()
@@ -228,15 +229,85 @@ fn bf16_compute_stays_close() {
 #[test]
 fn sequence_longer_than_context_is_an_error() {
     for name in ["yarn", "linear"] {
-        let mut model = load(name, DType::F32);
+        let model = load(name, DType::F32);
         assert_eq!(model.config.context_length(), 128);
-        let e = model.forward(&[1; 129]).unwrap_err().to_string();
+        let e = model
+            .forward(&[1; 129], &mut model.new_cache())
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("129 tokens exceeds the model's context of 128"),
             "{e}"
         );
         // Nothing half-done stays behind: the full context still works.
-        model.reset_cache();
-        model.forward(&[1; 128]).unwrap();
+        let mut cache = model.new_cache();
+        model.forward(&[1; 128], &mut cache).unwrap();
+    }
+}
+
+/// The model is stateless: two conversations over one loaded model,
+/// interleaved token by token, each give exactly (bit for bit) the logits of
+/// running it alone, and the transformers greedy continuation.
+#[test]
+fn interleaved_conversations_share_one_model() {
+    for name in ["tiny", "untied-f32", "yarn"] {
+        let g = golden(name);
+        let cases: Vec<(Vec<u32>, Vec<u32>)> = g["greedy"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (ids(&c["prompt_ids"]), ids(&c["new_ids"])))
+            .collect();
+        assert!(cases.len() >= 2, "{name}: needs two greedy cases");
+        let model = std::sync::Arc::new(load(name, DType::F32));
+        // Alone: one engine per case, run to the end.
+        let alone: Vec<Vec<Vec<f32>>> = cases
+            .iter()
+            .map(|(prompt, expected)| {
+                let mut e = Engine::new(model.clone());
+                let (mut logits, _) = e.prefill(prompt).unwrap();
+                let mut rows = vec![logits.to_vec1::<f32>().unwrap()];
+                for _ in 0..expected.len() {
+                    logits = e.decode_step(argmax(&logits)).unwrap();
+                    rows.push(logits.to_vec1::<f32>().unwrap());
+                }
+                rows
+            })
+            .collect();
+        // Interleaved: both engines alive at once, one step each in turn.
+        let (a, b) = (&cases[0], &cases[1]);
+        let mut ea = Engine::new(model.clone());
+        let mut eb = Engine::new(model.clone());
+        let (mut la, _) = ea.prefill(&a.0).unwrap();
+        let (mut lb, _) = eb.prefill(&b.0).unwrap();
+        let (mut got_a, mut got_b) = (vec![], vec![]);
+        let (mut rows_a, mut rows_b) = (
+            vec![la.to_vec1::<f32>().unwrap()],
+            vec![lb.to_vec1::<f32>().unwrap()],
+        );
+        for step in 0..a.1.len().max(b.1.len()) {
+            if step < a.1.len() {
+                let id = argmax(&la);
+                got_a.push(id);
+                la = ea.decode_step(id).unwrap();
+                rows_a.push(la.to_vec1::<f32>().unwrap());
+            }
+            if step < b.1.len() {
+                let id = argmax(&lb);
+                got_b.push(id);
+                lb = eb.decode_step(id).unwrap();
+                rows_b.push(lb.to_vec1::<f32>().unwrap());
+            }
+        }
+        assert_eq!(got_a, a.1, "{name}: conversation A vs transformers");
+        assert_eq!(got_b, b.1, "{name}: conversation B vs transformers");
+        assert!(
+            rows_a == alone[0],
+            "{name}: A interleaved differs from A alone"
+        );
+        assert!(
+            rows_b == alone[1],
+            "{name}: B interleaved differs from B alone"
+        );
     }
 }

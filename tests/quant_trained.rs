@@ -15,7 +15,9 @@ use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device};
 use common::*;
 use expert::cli::perplexity::perplexity;
-use expert::model::{gguf, load_dir, quantize, Model};
+use expert::formats::gguf::parse_quant_type;
+use expert::load::{dir_model, dir_model_quantized};
+use expert::model::Model;
 
 const NAME: &str = "trained";
 
@@ -56,7 +58,7 @@ fn trained_fixture_f32_parity_and_quantized_perplexity() {
     assert!(windows.iter().all(|w| w.len() <= 256));
 
     // 1. f32 parity with transformers.
-    let mut f32_model = load_dir(&fixture(NAME), DType::F32, &Device::Cpu).unwrap();
+    let mut f32_model = dir_model(&fixture(NAME), DType::F32, &Device::Cpu).unwrap();
     let (base, per) = mean_nll(&mut f32_model, &windows);
     drop(f32_model);
     for (i, (a, b)) in per.iter().zip(&golden_nlls).enumerate() {
@@ -78,9 +80,9 @@ fn trained_fixture_f32_parity_and_quantized_perplexity() {
     // 2. quantize-at-load.
     let mut q4k_ppl = f64::NAN;
     for (tname, budget) in [("q8_0", 0.005), ("q4_k", 0.03)] {
-        let t = quantize::parse_type(tname).unwrap();
+        let t = parse_quant_type(tname).unwrap();
         let (mut q, report) =
-            quantize::load_dir_quantized(&fixture(NAME), t, DType::F32, &Device::Cpu).unwrap();
+            dir_model_quantized(&fixture(NAME), t, DType::F32, &Device::Cpu).unwrap();
         assert!(
             report.fallbacks().is_empty(),
             "{tname}: fallbacks {:?}",
@@ -125,7 +127,7 @@ fn trained_fixture_f32_parity_and_quantized_perplexity() {
         out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let (mut g, file) = gguf::load(&out, DType::F32, &Device::Cpu).unwrap();
+    let (mut g, file) = load_gguf(&out);
     for blk in 0..4 {
         for t in [
             "attn_q",
@@ -160,7 +162,7 @@ fn trained_fixture_f32_parity_and_quantized_perplexity() {
 fn every_cpu_quant_type_loads_and_round_trips() {
     let (windows, _, _) = eval_windows();
     let windows = &windows[..1];
-    let mut f32_model = load_dir(&fixture(NAME), DType::F32, &Device::Cpu).unwrap();
+    let mut f32_model = dir_model(&fixture(NAME), DType::F32, &Device::Cpu).unwrap();
     let (base, _) = mean_nll(&mut f32_model, windows);
     drop(f32_model);
     let dir = tempfile::tempdir().unwrap();
@@ -176,9 +178,9 @@ fn every_cpu_quant_type_loads_and_round_trips() {
         ("q3_k", 0.25),
         ("q2_k", 1.0),
     ] {
-        let t = quantize::parse_type(tname).unwrap();
+        let t = parse_quant_type(tname).unwrap();
         let (mut q, report) =
-            quantize::load_dir_quantized(&fixture(NAME), t, DType::F32, &Device::Cpu).unwrap();
+            dir_model_quantized(&fixture(NAME), t, DType::F32, &Device::Cpu).unwrap();
         assert!(report.tensors.iter().all(|(_, _, ty)| *ty == t), "{tname}");
         let (nll, _) = mean_nll(&mut q, windows);
         let rel = (nll - base).exp() - 1.0;
@@ -200,7 +202,7 @@ fn every_cpu_quant_type_loads_and_round_trips() {
             out.to_str().unwrap(),
         ]);
         assert!(o.status.success(), "{}", stderr(&o));
-        let (mut g, _) = gguf::load(&out, DType::F32, &Device::Cpu).unwrap();
+        let (mut g, _) = load_gguf(&out);
         let (gnll, _) = mean_nll(&mut g, windows);
         assert_eq!(gnll, nll, "{tname}: GGUF and quantize-at-load differ");
     }

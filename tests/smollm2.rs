@@ -8,9 +8,11 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use expert::cli::perplexity::perplexity;
+use expert::formats::gguf::{parse_quant_type, GgufFile};
 use expert::generate::Engine;
-use expert::model::gguf::{self, GgufFile, GgufSource};
-use expert::model::{quantize, Model};
+use expert::load::gguf::GgufSource;
+use expert::load::quantizing::QuantizingSource;
+use expert::model::Model;
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -57,7 +59,7 @@ fn argmax(t: &Tensor) -> u32 {
 
 /// The model with every weight dequantized to f32: what transformers runs.
 fn dequantized(file: &GgufFile) -> Model {
-    let cfg = file.config().unwrap();
+    let cfg = expert::load::gguf::config(&file).unwrap();
     Model::load(
         cfg,
         &GgufSource::new(file, DType::F32, &Device::Cpu).dequantized(),
@@ -101,17 +103,17 @@ fn perplexity_within_two_percent_of_float32_reference() {
     let g = golden();
     let p = &g["perplexity_english"];
     let text = ids(&p["ids"]);
-    let (mut model, _) = gguf::load(&path, DType::F32, &Device::Cpu).unwrap();
+    let (mut model, _) = load_gguf(&path);
     let reference = p["ppl"].as_f64().unwrap();
     let score = perplexity(&mut model, &text, text.len(), false).unwrap();
     assert_eq!(score.tokens, p["n_predicted"].as_u64().unwrap() as usize);
     let rel = score.ppl / reference - 1.0;
     // Decode path: one token at a time.
-    model.reset_cache();
+    let mut cache = model.new_cache();
     let mut nll = 0f64;
     for i in 0..text.len() - 1 {
         let logits = model
-            .forward_last(&text[i..i + 1])
+            .forward_last(&text[i..i + 1], &mut cache)
             .unwrap()
             .to_dtype(DType::F64)
             .unwrap();
@@ -147,7 +149,7 @@ fn tokenizer_from_gguf_matches_transformers_on_multilingual_text() {
     let g = golden();
     let t = &g["tokenizer_multilingual"];
     let text = std::fs::read_to_string(root().join(t["file"].as_str().unwrap())).unwrap();
-    let file = gguf::GgufFile::open(&path).unwrap();
+    let file = GgufFile::open(&path).unwrap();
     let tok = expert::tokenizer::gguf::tokenizer(&file).unwrap();
     // transformers' tokenizer(text): special-token strings are special ids, no BOS.
     let ours = tok.encode_with_specials(&text).unwrap();
@@ -209,7 +211,7 @@ fn dequantized_float32_matches_transformers_and_rope_layout_is_proven() {
     eprintln!("smollm2 dequantized f32: nll {:.6} vs transformers {reference:.6} (rel {rel:.2e}), ppl {:.4}", score.nll, score.ppl);
     assert!(rel < 1e-5, "nll {} vs {reference}", score.nll);
     // Per-token NLLs too.
-    let logits = model.forward(&text).unwrap();
+    let logits = model.forward(&text, &mut model.new_cache()).unwrap();
     let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F64).unwrap(), 1).unwrap();
     let logp: Vec<Vec<f64>> = logp.to_vec2().unwrap();
     let worst = floats(&p["per_token_nll"])
@@ -230,7 +232,7 @@ fn dequantized_float32_matches_transformers_and_rope_layout_is_proven() {
         assert_eq!(got, expected, "greedy continuation of {:?}", case["prompt"]);
     }
     // The wrong rotary layout for these weights.
-    let mut cfg = file.config().unwrap();
+    let mut cfg = expert::load::gguf::config(&file).unwrap();
     assert!(cfg.rope.interleaved);
     cfg.rope.interleaved = false;
     let mut wrong = Model::load(
@@ -258,8 +260,8 @@ fn quantized_greedy_continuation_matches_reference_prefix() {
     assert_eq!(case["prompt"], "The capital of France is");
     let prompt = ids(&case["prompt_ids"]);
     let expected = ids(&case["new_ids"]);
-    let (mut model, _) = gguf::load(&path, DType::F32, &Device::Cpu).unwrap();
-    let last = model.forward_last(&prompt).unwrap();
+    let (model, _) = load_gguf(&path);
+    let last = model.forward_last(&prompt, &mut model.new_cache()).unwrap();
     let v: Vec<f32> = last.to_vec1().unwrap();
     let mut worst = 0f64;
     for t in case["top5_at_last_prompt_position"].as_array().unwrap() {
@@ -293,7 +295,7 @@ fn quantized_chat_answer_names_paris() {
     let tok = expert::tokenizer::gguf::tokenizer(&file).unwrap();
     let eog = expert::tokenizer::gguf::eog_ids(&file);
     assert_eq!(eog, vec![2, 0]);
-    let (model, _) = gguf::load(&path, DType::F32, &Device::Cpu).unwrap();
+    let (model, _) = load_gguf(&path);
     let prompt = ids(&chat["prompt_ids"]);
     let got = greedy(model, &prompt, 32, &eog);
     let text = tok.decode(&got, true).unwrap();
@@ -341,15 +343,20 @@ fn requantized_from_float_perplexity() {
     // already Q4_1, so this is Q4_1 → f32 → Q5_0/Q4_K; a 135M model is also
     // more sensitive than a large one. Measured +3.4 %: 10 % is a guard.
     for (tname, budget) in [("q8_0", 0.005), ("q4_k", 0.10)] {
-        let t = quantize::parse_type(tname).unwrap();
-        let src = quantize::QuantizingSource::new(
+        let t = parse_quant_type(tname).unwrap();
+        let src = QuantizingSource::new(
             GgufSource::new(&file, DType::F32, &Device::Cpu).dequantized(),
             t,
             DType::F32,
             &Device::Cpu,
         );
-        let mut model =
-            Model::load(file.config().unwrap(), &src, DType::F32, &Device::Cpu).unwrap();
+        let mut model = Model::load(
+            expert::load::gguf::config(&file).unwrap(),
+            &src,
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
         let score = perplexity(&mut model, &ids, ids.len(), false).unwrap();
         let rel = score.ppl / reference - 1.0;
         eprintln!(

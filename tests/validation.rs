@@ -32,7 +32,7 @@ fn broken(
 }
 
 fn load_err(dir: &Path) -> String {
-    match expert::model::load_dir(dir, DType::F32, &Device::Cpu) {
+    match expert::load::dir_model(dir, DType::F32, &Device::Cpu) {
         Ok(_) => panic!("{} loaded although it is broken", dir.display()),
         Err(e) => format!("{e:#}"),
     }
@@ -207,7 +207,7 @@ fn f16_storage_loads() {
     let g = golden("tiny");
     let seq = &g["sequences"][0];
     let ids = ids(&seq["ids"]);
-    let mut model = expert::model::load_dir(d.path(), DType::F32, &Device::Cpu).unwrap();
+    let mut model = expert::load::dir_model(d.path(), DType::F32, &Device::Cpu).unwrap();
     let score = expert::cli::perplexity::perplexity(&mut model, &ids, ids.len(), false).unwrap();
     let nll = seq["nll"].as_f64().unwrap();
     assert!(

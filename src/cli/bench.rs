@@ -55,7 +55,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         bail!("--runs, --prompt-tokens and --gen-tokens must be positive");
     }
     let t0 = Instant::now();
-    let mut loaded = args.model.load()?;
+    let loaded = args.model.load()?;
     let load_s = t0.elapsed().as_secs_f64();
     let base = loaded.tokenizer.encode(BENCH_TEXT)?;
     let prompt: Vec<u32> = base
@@ -64,7 +64,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .cycle()
         .take(args.prompt_tokens)
         .collect();
-    let engine = &mut loaded.engine;
+    let mut engine = crate::generate::Engine::new(loaded.model.clone());
     let (mut prefill, mut decode, mut ttft) = (vec![], vec![], vec![]);
     for run in 0..=args.runs {
         engine.reset();

@@ -264,14 +264,15 @@ fn one_shot(args: ChatArgs) -> Result<()> {
         return print_dry_run(&text, &ids, args.json);
     }
 
-    let mut loaded = args.local_model(&path).load()?;
+    let loaded = args.local_model(&path).load()?;
+    let mut engine = crate::generate::Engine::new(loaded.model.clone());
     let prompter = Prompter::load(&path, loaded.chat_template.as_deref(), &loaded.tokenizer)?;
     let (text, ids) = build_prompt(&args, &prompter, &loaded.tokenizer, &messages, &opts)?;
     if args.dry_run {
         return print_dry_run(&text, &ids, args.json);
     }
 
-    let context = context_window(args.context, &loaded.engine.model.config)?;
+    let context = context_window(args.context, &loaded.model.config)?;
     if ids.len() >= context {
         bail!(
             "the prompt has {} tokens and the context window holds {context}; shorten it{}",
@@ -296,7 +297,8 @@ fn one_shot(args: ChatArgs) -> Result<()> {
     let json = args.json;
     let opens = prompt_opens_thinking(&text);
     let (gen, tail) = stream_answer(
-        &mut loaded,
+        &loaded,
+        &mut engine,
         &ids,
         opens,
         &mut sampler,
@@ -564,7 +566,8 @@ impl ThinkingDisplay {
 /// hidden) unless `json`; Ctrl-C stops it. Returns the generation and the
 /// text the thinking filter still held back (empty with `json`).
 pub(crate) fn stream_answer(
-    loaded: &mut super::Loaded,
+    loaded: &super::Loaded,
+    engine: &mut crate::generate::Engine,
     ids: &[u32],
     opens_thinking: bool,
     sampler: &mut Sampler,
@@ -575,7 +578,7 @@ pub(crate) fn stream_answer(
     let mut filter = ThinkFilter::new(ThinkingDisplay::for_stdout(hide_thinking), opens_thinking);
     let mut stdout = std::io::stdout();
     let _guard = Generating::start();
-    let gen = loaded.engine.generate(
+    let gen = engine.generate(
         ids,
         &loaded.tokenizer,
         sampler,

@@ -2,7 +2,8 @@
 //! tensor, the validation verdict and the LoRA target modules.
 
 use super::ModelArgs;
-use crate::model::weights::{SafetensorsSource, LORA_TARGETS};
+use crate::load::safetensors::SafetensorsSource;
+use crate::model::weights::PROJECTIONS;
 use crate::model::ModelConfig;
 use anyhow::Result;
 use candle_core::{DType, Device};
@@ -19,7 +20,7 @@ pub struct InspectArgs {
 
 pub fn run(args: InspectArgs) -> Result<()> {
     let dir = args.model.resolve()?;
-    if crate::model::gguf::is_gguf(&dir) {
+    if crate::formats::gguf::is_gguf(&dir) {
         return inspect_gguf(&dir, args.json);
     }
     let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
@@ -51,7 +52,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
             "problems": v.problems,
             "unused": v.unused,
             "tensors": v.tensors,
-            "lora_targets": LORA_TARGETS,
+            "lora_targets": PROJECTIONS,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return verdict(&dir, &v);
@@ -90,7 +91,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
     println!("lm_head      {head}");
     println!(
         "lora targets {} (norms are never adapted)",
-        LORA_TARGETS.join(", ")
+        PROJECTIONS.join(", ")
     );
     println!("tensors      {}", v.tensors.len());
     for t in &v.tensors {
@@ -125,11 +126,11 @@ fn verdict(dir: &std::path::Path, v: &crate::model::weights::Validation) -> Resu
 /// length), every tensor with its GGML type and shape (outermost first, as
 /// for safetensors), the config it implies and the verdict.
 fn inspect_gguf(path: &std::path::Path, json: bool) -> Result<()> {
-    use crate::model::gguf::{type_name, GgufFile};
+    use crate::formats::gguf::{type_name, GgufFile};
     let file = GgufFile::open(path)?;
-    let cfg = file.config();
+    let cfg = crate::load::gguf::config(&file);
     let problems = match &cfg {
-        Ok(c) => file.problems(c),
+        Ok(c) => crate::load::gguf::problems(&file, c),
         Err(e) => vec![format!("{e:#}")],
     };
     let mut types = std::collections::BTreeMap::<&str, usize>::new();
@@ -229,10 +230,10 @@ fn inspect_gguf(path: &std::path::Path, json: bool) -> Result<()> {
         println!("metadata     {} entries", file.metadata.len());
         for (k, v) in &file.metadata {
             let shown = match v {
-                crate::model::gguf::Value::Array(a) if a.len() > 16 => {
+                crate::formats::gguf::MetaValue::Array(a) if a.len() > 16 => {
                     format!("({} entries)", a.len())
                 }
-                crate::model::gguf::Value::String(s) if s.len() > 80 || s.contains('\n') => {
+                crate::formats::gguf::MetaValue::String(s) if s.len() > 80 || s.contains('\n') => {
                     let first: String = s.chars().take(60).collect();
                     format!("{first:?}… ({} bytes)", s.len())
                 }

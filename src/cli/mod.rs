@@ -7,6 +7,7 @@ pub mod perplexity;
 pub mod quantize;
 pub mod repl;
 
+use crate::load::{Loaded, ModelSpec};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -58,64 +59,50 @@ pub struct ModelArgs {
     pub quantize: Option<String>,
 }
 
-/// A model ready to generate: weights, tokenizer and the model's own
-/// generation settings.
-pub struct Loaded {
-    pub engine: crate::generate::Engine,
-    pub tokenizer: crate::tokenizer::Tokenizer,
-    /// The model directory or file the weights came from.
-    pub path: std::path::PathBuf,
-    /// eos ids: generation_config.json's list, else config.json's.
-    pub eos_ids: Vec<u32>,
-    /// The chat template embedded in the model file (GGUF `tokenizer.chat_template`);
-    /// None for directories, whose template is read from the directory.
-    pub chat_template: Option<String>,
-}
-
 impl ModelArgs {
+    /// What to load: the flags parsed and checked before any weight is read.
+    pub fn spec(&self) -> anyhow::Result<ModelSpec> {
+        let device = crate::load::select_device(&self.device)?;
+        let dtype = crate::load::select_dtype(&self.dtype, &device)?;
+        let quantize = match &self.quantize {
+            Some(q) => Some(
+                crate::formats::gguf::parse_quant_type(q)
+                    .map_err(|e| anyhow::anyhow!("--quantize: {e}"))?,
+            ),
+            None => None,
+        };
+        Ok(ModelSpec {
+            model: self.model.clone(),
+            hub: crate::load::hub::HubOptions {
+                revision: self.revision.clone(),
+                offline: self.offline,
+            },
+            device,
+            dtype,
+            quantize,
+        })
+    }
+
     /// The local directory or file `--model` names (fetched from the Hub if needed).
     pub fn resolve(&self) -> anyhow::Result<std::path::PathBuf> {
-        let opts = crate::hub::HubOptions {
+        let opts = crate::load::hub::HubOptions {
             revision: self.revision.clone(),
             offline: self.offline,
         };
-        crate::hub::resolve(&self.model, &opts)
+        crate::load::hub::resolve(&self.model, &opts)
     }
 
+    /// Loads the model; says on stderr what `--quantize` did.
     pub fn load(&self) -> anyhow::Result<Loaded> {
-        let path = self.resolve()?;
-        let device = crate::model::select_device(&self.device)?;
-        let dtype = crate::model::select_dtype(&self.dtype, &device)?;
-        if crate::model::gguf::is_gguf(&path) {
-            if self.quantize.is_some() {
-                anyhow::bail!(
-                    "--quantize applies to safetensors models; {} is a GGUF file, already quantized",
-                    path.display()
-                );
-            }
-            return quantize::load_gguf(&path, dtype, &device);
+        let loaded = crate::load::load(&self.spec()?)?;
+        if let (Some(q), Some(report)) = (&self.quantize, &loaded.quant_report) {
+            eprintln!(
+                "--quantize {}: {}",
+                q.to_ascii_lowercase(),
+                report.summary()
+            );
         }
-        let model = match &self.quantize {
-            Some(q) => quantize::load_dir_quantized(&path, q, dtype, &device)?,
-            None => crate::model::load_dir(&path, dtype, &device)?,
-        };
-        let tokenizer = crate::tokenizer::Tokenizer::from_dir(&path)?;
-        let gen_cfg = path.join("generation_config.json");
-        let mut eos_ids = if gen_cfg.is_file() {
-            crate::sampling::eos_ids_from_generation_config(&gen_cfg)?
-        } else {
-            vec![]
-        };
-        if eos_ids.is_empty() {
-            eos_ids = model.config.eos_token_ids.clone();
-        }
-        Ok(Loaded {
-            engine: crate::generate::Engine::new(model),
-            tokenizer,
-            path,
-            eos_ids,
-            chat_template: None,
-        })
+        Ok(loaded)
     }
 }
 

@@ -40,7 +40,7 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
         .with_context(|| format!("cannot read {}", args.file.display()))?;
     let loaded = args.model.load()?;
     let ids = loaded.tokenizer.encode_with_specials(&text)?;
-    let mut model = loaded.engine.model;
+    let model = &loaded.model;
     let max = model.config.context_length();
     let window = args.context.unwrap_or(max.min(ids.len().max(2)));
     if window < 2 || window > max {
@@ -48,11 +48,10 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
             "--context: expected a window between 2 and the model's context of {max}, got {window}"
         );
     }
-    let score = perplexity(&mut model, &ids, window, !args.json)?;
+    let score = perplexity(model, &ids, window, !args.json)?;
     if let Some(out) = &args.logits_out {
         let first = &ids[..window.min(ids.len())];
-        let logits = model.forward(first)?;
-        model.reset_cache();
+        let logits = model.forward(first, &mut model.new_cache())?;
         let ids_t = Tensor::new(first, &candle_core::Device::Cpu)?;
         let tensors = std::collections::HashMap::from([
             (
@@ -81,7 +80,7 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
 /// Scores `ids` in consecutive windows of `window` tokens; within a window
 /// every token after the first is predicted from the ones before it. For a
 /// text that fits one window this is transformers' `model(ids, labels=ids).loss`.
-pub fn perplexity(model: &mut Model, ids: &[u32], window: usize, progress: bool) -> Result<Score> {
+pub fn perplexity(model: &Model, ids: &[u32], window: usize, progress: bool) -> Result<Score> {
     if ids.len() < 2 {
         bail!(
             "the text has {} token(s); at least 2 are needed to score",
@@ -96,8 +95,8 @@ pub fn perplexity(model: &mut Model, ids: &[u32], window: usize, progress: bool)
     };
     let (mut total, mut count) = (0f64, 0usize);
     for w in windows {
-        model.reset_cache();
-        let hidden = model.forward_hidden(w)?;
+        // Each window is its own sequence.
+        let hidden = model.forward_hidden(w, &mut model.new_cache())?;
         // The lm_head runs in slices: full-vocabulary logits for a long
         // window would not fit in memory at once.
         let n = w.len() - 1;
@@ -117,7 +116,6 @@ pub fn perplexity(model: &mut Model, ids: &[u32], window: usize, progress: bool)
         bar.inc(1);
     }
     bar.finish_and_clear();
-    model.reset_cache();
     let nll = total / count as f64;
     Ok(Score {
         tokens: count,

@@ -1,13 +1,10 @@
 //! `expert quantize`: a safetensors model → a quantized GGUF file in
-//! llama.cpp's layout. Also the loaders behind `--model FILE.gguf` and
-//! `--quantize TYPE` for every subcommand.
+//! llama.cpp's layout.
 
-use super::Loaded;
-use crate::model::{gguf, quantize};
+use crate::formats::gguf::{is_gguf, parse_quant_type};
 use anyhow::{bail, Result};
-use candle_core::{DType, Device};
 use clap::Args;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 pub struct QuantizeArgs {
@@ -29,13 +26,13 @@ pub struct QuantizeArgs {
 }
 
 pub fn run(args: QuantizeArgs) -> Result<()> {
-    let qtype = quantize::parse_type(&args.qtype).map_err(|e| anyhow::anyhow!("--type: {e}"))?;
-    let opts = crate::hub::HubOptions {
+    let qtype = parse_quant_type(&args.qtype).map_err(|e| anyhow::anyhow!("--type: {e}"))?;
+    let opts = crate::load::hub::HubOptions {
         revision: args.revision.clone(),
         offline: args.offline,
     };
-    let dir = crate::hub::resolve(&args.model, &opts)?;
-    if gguf::is_gguf(&dir) {
+    let dir = crate::load::hub::resolve(&args.model, &opts)?;
+    if is_gguf(&dir) {
         bail!(
             "{}: already a GGUF file; expert quantize reads safetensors directories",
             dir.display()
@@ -45,7 +42,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         bail!("{}: not a model directory", dir.display());
     }
     let start = std::time::Instant::now();
-    let report = quantize::write_gguf(&dir, qtype, &args.out)?;
+    let report = crate::quantize::write_gguf(&dir, qtype, &args.out)?;
     for n in &report.notes {
         eprintln!("note: {n}");
     }
@@ -58,39 +55,4 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         report.quant.summary()
     );
     Ok(())
-}
-
-/// `--model FILE.gguf`: weights, embedded tokenizer and end-of-generation ids.
-pub fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<Loaded> {
-    let (model, file) = gguf::load(path, dtype, device)?;
-    let tokenizer = crate::tokenizer::gguf::load(&file)?;
-    let mut eos_ids = crate::tokenizer::gguf::eog_ids(&file);
-    if eos_ids.is_empty() {
-        eos_ids = model.config.eos_token_ids.clone();
-    }
-    Ok(Loaded {
-        engine: crate::generate::Engine::new(model),
-        tokenizer,
-        path: path.to_path_buf(),
-        eos_ids,
-        chat_template: crate::tokenizer::gguf::chat_template(&file),
-    })
-}
-
-/// `--quantize TYPE` on a safetensors directory; prints what was quantized
-/// (and every fallback) on stderr.
-pub fn load_dir_quantized(
-    dir: &Path,
-    qtype: &str,
-    dtype: DType,
-    device: &Device,
-) -> Result<crate::model::Model> {
-    let t = quantize::parse_type(qtype).map_err(|e| anyhow::anyhow!("--quantize: {e}"))?;
-    let (model, report) = quantize::load_dir_quantized(dir, t, dtype, device)?;
-    eprintln!(
-        "--quantize {}: {}",
-        qtype.to_ascii_lowercase(),
-        report.summary()
-    );
-    Ok(model)
 }

@@ -68,6 +68,8 @@ impl Said {
 
 struct Repl {
     loaded: Loaded,
+    /// This conversation's generation state over `loaded.model`.
+    engine: crate::generate::Engine,
     prompter: Prompter,
     system: Option<String>,
     /// The conversation after the system prompt.
@@ -106,10 +108,11 @@ pub fn run(args: ChatArgs) -> Result<()> {
     if !prompter.has_template() {
         eprintln!("{}", prompter.warning());
     }
-    let context = context_window(args.context, &loaded.engine.model.config)?;
+    let context = context_window(args.context, &loaded.model.config)?;
     let mut repl = Repl {
         sampler: Sampler::new(params.clone())?,
         params,
+        engine: crate::generate::Engine::new(loaded.model.clone()),
         loaded,
         prompter,
         system: None,
@@ -270,7 +273,7 @@ impl Repl {
                     r.push_str(&format!(
                         "conversation:        {} messages, {} tokens in the KV cache, context window {}",
                         self.said.len() + usize::from(self.system.is_some()),
-                        self.loaded.engine.cached_ids().len(),
+                        self.engine.cached_ids().len(),
                         self.context
                     ));
                     self.say(&r);
@@ -430,7 +433,8 @@ impl Repl {
         let opens = super::chat::prompt_opens_thinking(&rendered);
         let json = self.json;
         let result = super::chat::stream_answer(
-            &mut self.loaded,
+            &self.loaded,
+            &mut self.engine,
             &ids,
             opens,
             &mut self.sampler,

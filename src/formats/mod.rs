@@ -4,4 +4,7 @@
 //! from the crate, and everything above it (model, load, tokenizer, chat)
 //! reads and writes files through it.
 
+pub mod atomic;
+pub mod gguf;
 pub mod json;
+pub mod safetensors;

@@ -88,10 +88,7 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// Parses a Hugging Face `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let value: Value = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not valid JSON", path.display()))?;
+        let value = crate::formats::json::read_value(path)?;
         Self::from_json(&value).map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))
     }
 

@@ -1,4 +1,8 @@
-//! Per-layer key/value cache that grows geometrically and can be rolled back.
+//! The key/value cache of one sequence: one [`LayerKv`] per decoder layer.
+//!
+//! The model is stateless: whoever runs a sequence (a conversation, a
+//! request, a perplexity window) owns its `KvCache` and passes it to
+//! `Model::forward_hidden`, so several sequences can share one loaded model.
 //!
 //! Keys and values are stored as (B, S, Hkv, D), the layout the attention
 //! kernels read. Capacity doubles when full (never preallocated at
@@ -7,8 +11,48 @@
 
 use candle_core::{Result, Tensor};
 
-#[derive(Default)]
 pub struct KvCache {
+    layers: Vec<LayerKv>,
+}
+
+impl KvCache {
+    /// An empty cache for a model of `num_layers` layers.
+    pub fn new(num_layers: usize) -> Self {
+        Self {
+            layers: (0..num_layers).map(|_| LayerKv::default()).collect(),
+        }
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Positions held (the same in every layer).
+    pub fn len(&self) -> usize {
+        self.layers.first().map_or(0, LayerKv::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Rewinds to the first `len` positions.
+    pub fn truncate(&mut self, len: usize) {
+        self.layers.iter_mut().for_each(|l| l.truncate(len));
+    }
+
+    pub fn reset(&mut self) {
+        self.layers.iter_mut().for_each(LayerKv::reset);
+    }
+
+    pub fn layer(&mut self, i: usize) -> &mut LayerKv {
+        &mut self.layers[i]
+    }
+}
+
+/// One layer's keys and values.
+#[derive(Default)]
+pub struct LayerKv {
     k: Option<Tensor>,
     v: Option<Tensor>,
     len: usize,
@@ -16,7 +60,7 @@ pub struct KvCache {
 
 const MIN_CAPACITY: usize = 64;
 
-impl KvCache {
+impl LayerKv {
     pub fn len(&self) -> usize {
         self.len
     }
@@ -75,7 +119,7 @@ mod tests {
     #[test]
     fn append_truncate_append() -> Result<()> {
         let dev = Device::Cpu;
-        let mut c = KvCache::default();
+        let mut c = LayerKv::default();
         let a = Tensor::arange(0f32, 6., &dev)?.reshape((1, 3, 1, 2))?;
         c.append(&a, &a)?;
         c.truncate(2);

@@ -6,6 +6,7 @@
 
 use super::config::{RopeConfig, RopeScaling};
 use candle_core::{DType, Device, Result, Tensor};
+use std::sync::RwLock;
 
 pub struct Rope {
     cfg: RopeConfig,
@@ -15,8 +16,9 @@ pub struct Rope {
     attention_factor: f64,
     inv_freq: Vec<f64>,
     /// cos/sin tables of shape (len, head_dim/2), f32, grown on demand.
-    cos: Tensor,
-    sin: Tensor,
+    /// Behind a lock because the model is shared (`&self`) by every
+    /// sequence; it is written only when a longer sequence first arrives.
+    table: RwLock<(Tensor, Tensor)>,
     device: Device,
 }
 
@@ -47,8 +49,7 @@ impl Rope {
             max_position_embeddings,
             attention_factor,
             inv_freq,
-            cos: empty.clone(),
-            sin: empty,
+            table: RwLock::new((empty.clone(), empty)),
             device: device.clone(),
         })
     }
@@ -78,9 +79,15 @@ impl Rope {
         ))
     }
 
+    /// Positions the shared table covers so far.
+    fn cached_len(&self) -> usize {
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+        table.0.dims().first().copied().unwrap_or(0)
+    }
+
     /// The tables for positions `offset..offset+len`, computed once per
     /// forward pass and shared by every layer.
-    pub fn tables(&mut self, offset: usize, len: usize, dtype: DType) -> Result<RopeTables> {
+    pub fn tables(&self, offset: usize, len: usize, dtype: DType) -> Result<RopeTables> {
         let end = offset + len;
         let (cos, sin) = match self.cfg.scaling {
             // Dynamic NTK: frequencies depend on the current sequence length
@@ -91,17 +98,25 @@ impl Rope {
                 self.rows(&f, a, offset, end)?
             }
             _ => {
-                let have = self.cos.dim(0)?;
+                let have = self.cached_len();
                 if end > have {
                     // Grow geometrically; never allocate max_position_embeddings up front.
-                    let new_len = end.max(have * 2).max(64);
-                    let (c, s) = self.rows(&self.inv_freq, self.attention_factor, have, new_len)?;
-                    self.cos = Tensor::cat(&[&self.cos, &c], 0)?;
-                    self.sin = Tensor::cat(&[&self.sin, &s], 0)?;
+                    let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
+                    let have = table.0.dim(0)?;
+                    if end > have {
+                        let new_len = end.max(have * 2).max(64);
+                        let (c, s) =
+                            self.rows(&self.inv_freq, self.attention_factor, have, new_len)?;
+                        *table = (
+                            Tensor::cat(&[&table.0, &c], 0)?,
+                            Tensor::cat(&[&table.1, &s], 0)?,
+                        );
+                    }
                 }
+                let table = self.table.read().unwrap_or_else(|e| e.into_inner());
                 (
-                    self.cos.narrow(0, offset, len)?,
-                    self.sin.narrow(0, offset, len)?,
+                    table.0.narrow(0, offset, len)?,
+                    table.1.narrow(0, offset, len)?,
                 )
             }
         };
@@ -259,10 +274,10 @@ mod tests {
     #[test]
     fn tables_grow_on_demand() -> Result<()> {
         let dev = Device::Cpu;
-        let mut rope = Rope::new(&cfg(RopeScaling::None), 8, 1 << 20, &dev)?;
+        let rope = Rope::new(&cfg(RopeScaling::None), 8, 1 << 20, &dev)?;
         let t = rope.tables(100, 3, DType::F32)?;
         assert_eq!(t.cos.dims(), &[3, 4]);
-        assert!(rope.cos.dim(0)? >= 103 && rope.cos.dim(0)? < 1000);
+        assert!(rope.cached_len() >= 103 && rope.cached_len() < 1000);
         Ok(())
     }
 }

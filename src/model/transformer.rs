@@ -1,11 +1,17 @@
 //! The decoder-only transformer, top to bottom:
 //! embedding → N × (RMSNorm → attention → residual → RMSNorm → SwiGLU →
 //! residual) → final RMSNorm → lm_head.
+//!
+//! The model holds only weights: a sequence's keys and values live in the
+//! `KvCache` its caller owns, so one loaded model serves any number of
+//! conversations.
 
 use super::config::ModelConfig;
-use super::layers::{DecoderLayer, Projection, RmsNorm};
+use super::kv_cache::KvCache;
+use super::layers::{DecoderLayer, RmsNorm};
+use super::linear::Linear;
 use super::rope::Rope;
-use super::weights::WeightSource;
+use super::weights::{Weight, WeightSource};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Module, Tensor};
 
@@ -14,7 +20,7 @@ pub struct Model {
     embed_tokens: candle_nn::Embedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
-    lm_head: Projection,
+    lm_head: Linear,
     rope: Rope,
     device: Device,
     dtype: DType,
@@ -22,7 +28,7 @@ pub struct Model {
 
 impl Model {
     /// Builds the network from any weight source. The caller has validated
-    /// the tensors against `config` (see `weights::SafetensorsSource::validate`).
+    /// the tensors against `config` (see `crate::load`).
     pub fn load(
         config: ModelConfig,
         src: &dyn WeightSource,
@@ -38,9 +44,9 @@ impl Model {
         // A stored lm_head is used even when tied (some checkpoints store the
         // copy); otherwise a tied model shares the embedding matrix (no copy).
         let lm_head = if src.contains("lm_head.weight") || !config.tie_word_embeddings {
-            src.projection("lm_head", v, h, false)?
+            Linear::load(src, "lm_head", v, h, false)?
         } else {
-            Projection::dense(embedding.clone(), None)
+            Linear::new(Weight::Dense(embedding.clone()), None)?
         };
         let rope = Rope::new(
             &config.rope,
@@ -68,33 +74,26 @@ impl Model {
         self.dtype
     }
 
-    /// Positions held in the KV cache.
-    pub fn cache_len(&self) -> usize {
-        self.layers
-            .first()
-            .map_or(0, |l| l.self_attn.kv_cache.len())
+    /// An empty KV cache for one sequence.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.layers.len())
     }
 
-    /// Rewinds the KV cache to its first `len` positions.
-    pub fn truncate_cache(&mut self, len: usize) {
-        for l in &mut self.layers {
-            l.self_attn.kv_cache.truncate(len);
-        }
-    }
-
-    pub fn reset_cache(&mut self) {
-        for l in &mut self.layers {
-            l.self_attn.kv_cache.reset();
-        }
-    }
-
-    /// Runs `ids` (appended after the cached positions) through the decoder
-    /// and returns the final-normed hidden states, (L, hidden).
-    pub fn forward_hidden(&mut self, ids: &[u32]) -> Result<Tensor> {
+    /// Runs `ids` (appended after the positions `cache` holds) through the
+    /// decoder and returns the final-normed hidden states, (L, hidden).
+    pub fn forward_hidden(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
         if ids.is_empty() {
             bail!("cannot run the model on an empty token sequence");
         }
-        let end = self.cache_len() + ids.len();
+        if cache.num_layers() != self.layers.len() {
+            bail!(
+                "KV cache has {} layers, the model {}",
+                cache.num_layers(),
+                self.layers.len()
+            );
+        }
+        let start = cache.len();
+        let end = start + ids.len();
         if end > self.config.context_length() {
             bail!(
                 "sequence of {end} tokens exceeds the model's context of {} tokens",
@@ -107,11 +106,12 @@ impl Model {
                 self.config.vocab_size
             );
         }
+        // (1, L) ids → (1, L, hidden)
         let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
         let mut x = self.embed_tokens.forward(&input)?;
-        let rope = self.rope.tables(self.cache_len(), ids.len(), self.dtype)?;
-        for layer in &mut self.layers {
-            x = layer.forward(&x, &rope)?;
+        let rope = self.rope.tables(start, ids.len(), self.dtype)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(&x, &rope, cache.layer(i))?;
         }
         Ok(self.norm.forward(&x)?.squeeze(0)?)
     }
@@ -122,14 +122,15 @@ impl Model {
     }
 
     /// f32 logits for every position of `ids`, (L, vocab).
-    pub fn forward(&mut self, ids: &[u32]) -> Result<Tensor> {
-        let hidden = self.forward_hidden(ids)?;
+    pub fn forward(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        let hidden = self.forward_hidden(ids, cache)?;
         self.logits(&hidden)
     }
 
-    /// f32 logits of the last position only, (vocab,): the decode step.
-    pub fn forward_last(&mut self, ids: &[u32]) -> Result<Tensor> {
-        let hidden = self.forward_hidden(ids)?;
+    /// f32 logits of the last position only, (vocab,): prefill's and each
+    /// decode step's output.
+    pub fn forward_last(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        let hidden = self.forward_hidden(ids, cache)?;
         let last = hidden.narrow(0, ids.len() - 1, 1)?;
         Ok(self.logits(&last)?.squeeze(0)?)
     }

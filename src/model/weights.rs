@@ -1,30 +1,63 @@
-//! Where tensors come from, and the check that they fit the config before
-//! anything runs.
+//! What the model asks of its weights, and the check that a checkpoint fits
+//! the config before anything runs.
 //!
-//! The model asks a `WeightSource` for tensors by their Hugging Face names
-//! (`model.layers.3.self_attn.q_proj`), so the forward pass is the same for a
-//! safetensors directory and a GGUF file.
+//! The model asks a [`WeightSource`] for tensors by their Hugging Face names
+//! (`model.layers.3.self_attn.q_proj.weight`), so the forward pass is the same
+//! for a safetensors directory, a GGUF file and quantize-at-load. Sources
+//! return plain weights; the model builds its layers from them.
 
 use super::config::ModelConfig;
-use super::layers::Projection;
-use anyhow::{bail, Context, Result};
-use candle_core::safetensors::MmapedSafetensors;
-use candle_core::{DType, Device, Tensor};
+use anyhow::Result;
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Tensor};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, HashSet};
+
+/// A projection's weight matrix (out, in) as a source provides it.
+pub enum Weight {
+    /// Float, in the compute dtype.
+    Dense(Tensor),
+    /// Kept quantized in memory.
+    Quantized(QTensor),
+}
+
+impl Weight {
+    /// A (possibly quantized) tensor as a projection weight: float types are
+    /// dequantized to `dtype`, quantized ones stay quantized. The GGUF and
+    /// quantize-at-load sources both use this, so that both build exactly the
+    /// same layer from the same `QTensor`.
+    ///
+    /// candle's CPU dot products for Q4_1, Q5_0 and Q5_1 assert (in debug
+    /// builds) an even number of 32-blocks per row; such rare weights (rows of
+    /// 32, 96, …) are dequantized instead.
+    pub fn from_qtensor(q: QTensor, dtype: DType) -> Result<Self> {
+        let cols = q.shape().dims().last().copied().unwrap_or(0);
+        let odd_blocks = matches!(
+            q.dtype(),
+            GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1
+        ) && (cols / q.dtype().block_size()) % 2 == 1;
+        let float = matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+        if float || odd_blocks {
+            Ok(Weight::Dense(q.dequantize(&q.device())?.to_dtype(dtype)?))
+        } else {
+            Ok(Weight::Quantized(q))
+        }
+    }
+}
 
 pub trait WeightSource {
-    /// A float tensor (embedding, norm) by its full name, in the compute dtype.
+    /// A float tensor (embedding, norm, bias) by its full name, in the
+    /// compute dtype.
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
-    /// A projection `name.weight` of shape (out, inp), with `name.bias` when
-    /// `bias` is set.
-    fn projection(&self, name: &str, out: usize, inp: usize, bias: bool) -> Result<Projection>;
+    /// A projection's weight `name` (ending in `.weight`), shape (out, in).
+    fn weight(&self, name: &str, shape: &[usize]) -> Result<Weight>;
     fn contains(&self, name: &str) -> bool;
 }
 
-/// The 2-D weights every layer has that LoRA may adapt (norms excluded).
-pub const LORA_TARGETS: [&str; 7] = [
+/// The seven projections of every decoder layer: the matrices that are
+/// quantized (`--quantize`, `expert quantize`) and that a LoRA adapter may
+/// adapt. Norms, the embedding and biases are never among them.
+pub const PROJECTIONS: [&str; 7] = [
     "q_proj",
     "k_proj",
     "v_proj",
@@ -109,199 +142,61 @@ impl Validation {
     }
 }
 
-pub struct SafetensorsSource {
-    st: MmapedSafetensors,
-    /// tensor name -> file it lives in (for messages and `inspect`).
-    files: HashMap<String, PathBuf>,
-    dtype: DType,
-    device: Device,
-}
-
-/// The safetensors files of a Hugging Face directory: `model.safetensors`, or
-/// the shards listed in `model.safetensors.index.json`.
-pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let single = dir.join("model.safetensors");
-    if single.is_file() {
-        return Ok(vec![single]);
-    }
-    let index = dir.join("model.safetensors.index.json");
-    if index.is_file() {
-        let text = std::fs::read_to_string(&index)
-            .with_context(|| format!("cannot read {}", index.display()))?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not valid JSON", index.display()))?;
-        let map = v
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .with_context(|| {
-                format!(
-                    "{}: field `weight_map`: expected an object of tensor name -> file",
-                    index.display()
-                )
-            })?;
-        let mut files: Vec<PathBuf> = Vec::new();
-        for (name, f) in map {
-            let f = f.as_str().with_context(|| {
-                format!(
-                    "{}: field `weight_map.{name}`: expected a file name",
-                    index.display()
-                )
-            })?;
-            let p = dir.join(f);
-            if !files.contains(&p) {
-                if !p.is_file() {
-                    bail!(
-                        "{}: shard `{f}` (holding `{name}`) does not exist",
-                        index.display()
-                    );
-                }
-                files.push(p);
-            }
+/// Checks every tensor the config needs against what a checkpoint holds:
+/// present, right shape, a float dtype we can load.
+pub fn validate(cfg: &ModelConfig, mut tensors: Vec<TensorInfo>) -> Validation {
+    tensors.sort_by_key(|t| natural_key(&t.name));
+    let by_name: BTreeMap<&str, &TensorInfo> =
+        tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+    let mut problems = vec![];
+    let mut expected = expected_tensors(cfg);
+    let has_head = by_name.contains_key("lm_head.weight");
+    let lm_head = match (cfg.tie_word_embeddings, has_head) {
+        (true, false) => Some(LmHead::Tied),
+        (true, true) => {
+            expected.push((
+                "lm_head.weight".into(),
+                vec![cfg.vocab_size, cfg.hidden_size],
+            ));
+            Some(LmHead::TiedStoredCopy)
         }
-        files.sort();
-        return Ok(files);
-    }
-    bail!(
-        "{}: no model.safetensors or model.safetensors.index.json found",
-        dir.display()
-    )
-}
-
-impl SafetensorsSource {
-    pub fn open(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let paths = safetensors_files(dir)?;
-        let mut files = HashMap::new();
-        for p in &paths {
-            // SAFETY: the files are memory-mapped read-only; like every
-            // safetensors reader we rely on them not being truncated while open.
-            let one = unsafe { MmapedSafetensors::new(p) }
-                .with_context(|| format!("{}: not a valid safetensors file", p.display()))?;
-            for (name, _) in one.tensors() {
-                files.insert(name, p.clone());
-            }
-        }
-        // SAFETY: as above.
-        let st = unsafe { MmapedSafetensors::multi(&paths) }
-            .with_context(|| format!("{}: cannot map the safetensors files", dir.display()))?;
-        Ok(Self {
-            st,
-            files,
-            dtype,
-            device: device.clone(),
-        })
-    }
-
-    /// Checks every tensor the config needs: present, right shape, a float
-    /// dtype we can load.
-    pub fn validate(&self, cfg: &ModelConfig) -> Validation {
-        let mut tensors: Vec<TensorInfo> = self
-            .st
-            .tensors()
-            .into_iter()
-            .map(|(name, view)| TensorInfo {
-                file: self.file_name(&name),
-                dtype: format!("{:?}", view.dtype()),
-                shape: view.shape().to_vec(),
-                name,
-            })
-            .collect();
-        tensors.sort_by_key(|t| natural_key(&t.name));
-        let by_name: BTreeMap<&str, &TensorInfo> =
-            tensors.iter().map(|t| (t.name.as_str(), t)).collect();
-        let mut problems = vec![];
-        let mut expected = expected_tensors(cfg);
-        let has_head = by_name.contains_key("lm_head.weight");
-        let lm_head = match (cfg.tie_word_embeddings, has_head) {
-            (true, false) => Some(LmHead::Tied),
-            (true, true) => {
-                expected.push((
-                    "lm_head.weight".into(),
-                    vec![cfg.vocab_size, cfg.hidden_size],
-                ));
-                Some(LmHead::TiedStoredCopy)
-            }
-            (false, true) => Some(LmHead::Untied),
-            (false, false) => None,
-        };
-        for (name, shape) in &expected {
-            match by_name.get(name.as_str()) {
-                None if name == "lm_head.weight" => problems.push(
-                    "missing tensor `lm_head.weight` (tie_word_embeddings is false, so the checkpoint must store it)"
-                        .to_string(),
-                ),
-                None => problems.push(format!("missing tensor `{name}`")),
-                Some(t) if &t.shape != shape => problems.push(format!(
-                    "{}: tensor `{name}`: expected shape {shape:?}, found {:?}",
-                    t.file, t.shape
-                )),
-                Some(t) if !matches!(t.dtype.as_str(), "BF16" | "F16" | "F32") => problems.push(format!(
-                    "{}: tensor `{name}`: dtype {} is not supported (expected BF16, F16 or F32)",
-                    t.file, t.dtype
-                )),
-                Some(_) => {}
-            }
-        }
-        let wanted: std::collections::HashSet<&str> =
-            expected.iter().map(|(n, _)| n.as_str()).collect();
-        let unused = tensors
-            .iter()
-            .filter(|t| !wanted.contains(t.name.as_str()))
-            .map(|t| t.name.clone())
-            .collect();
-        Validation {
-            tensors,
-            lm_head,
-            problems,
-            unused,
-        }
-    }
-
-    fn file_name(&self, name: &str) -> String {
-        self.files
-            .get(name)
-            .and_then(|p| p.file_name())
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    }
-
-    fn load(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let t = self
-            .st
-            .load(name, &self.device)
-            .with_context(|| format!("missing tensor `{name}`"))?;
-        if t.dims() != shape {
-            bail!(
+        (false, true) => Some(LmHead::Untied),
+        (false, false) => None,
+    };
+    for (name, shape) in &expected {
+        match by_name.get(name.as_str()) {
+            None if name == "lm_head.weight" => problems.push(
+                "missing tensor `lm_head.weight` (tie_word_embeddings is false, so the checkpoint must store it)"
+                    .to_string(),
+            ),
+            None => problems.push(format!("missing tensor `{name}`")),
+            Some(t) if &t.shape != shape => problems.push(format!(
                 "{}: tensor `{name}`: expected shape {shape:?}, found {:?}",
-                self.file_name(name),
-                t.dims()
-            );
+                t.file, t.shape
+            )),
+            Some(t) if !matches!(t.dtype.as_str(), "BF16" | "F16" | "F32") => problems.push(format!(
+                "{}: tensor `{name}`: dtype {} is not supported (expected BF16, F16 or F32)",
+                t.file, t.dtype
+            )),
+            Some(_) => {}
         }
-        Ok(t.to_dtype(self.dtype)?)
     }
-}
-
-impl WeightSource for SafetensorsSource {
-    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        self.load(name, shape)
-    }
-
-    fn projection(&self, name: &str, out: usize, inp: usize, bias: bool) -> Result<Projection> {
-        let w = self.load(&format!("{name}.weight"), &[out, inp])?;
-        let b = if bias {
-            Some(self.load(&format!("{name}.bias"), &[out])?)
-        } else {
-            None
-        };
-        Ok(Projection::dense(w, b))
-    }
-
-    fn contains(&self, name: &str) -> bool {
-        self.files.contains_key(name)
+    let wanted: HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+    let unused = tensors
+        .iter()
+        .filter(|t| !wanted.contains(t.name.as_str()))
+        .map(|t| t.name.clone())
+        .collect();
+    Validation {
+        tensors,
+        lm_head,
+        problems,
+        unused,
     }
 }
 
 /// Sort key that orders `layers.10` after `layers.9`.
-fn natural_key(name: &str) -> Vec<(String, u64)> {
+pub fn natural_key(name: &str) -> Vec<(String, u64)> {
     name.split('.')
         .map(|p| match p.parse::<u64>() {
             Ok(n) => (String::new(), n),

@@ -65,3 +65,11 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// A GGUF model as `expert` loads it (projections kept quantized), with its file.
+pub fn load_gguf(path: &Path) -> (expert::model::Model, expert::formats::gguf::GgufFile) {
+    let file = expert::formats::gguf::GgufFile::open(path).unwrap();
+    let model = expert::load::gguf_model(&file, candle_core::DType::F32, &candle_core::Device::Cpu)
+        .unwrap();
+    (model, file)
+}

@@ -2,6 +2,7 @@
 //! Hugging Face repo id fetched through hf-hub into the standard cache
 //! (HF_HOME, HF_TOKEN, HF_ENDPOINT and HF_HUB_OFFLINE are honoured).
 
+use crate::formats::safetensors::{index_shards, INDEX, SINGLE};
 use anyhow::{bail, Context, Result};
 use hf_hub::{api::sync::ApiBuilder, Cache, Repo, RepoType};
 use std::path::{Path, PathBuf};
@@ -65,27 +66,12 @@ fn env_offline() -> bool {
 
 /// The weight files to fetch, given a way to get one file.
 fn weight_files(get: &mut dyn FnMut(&str) -> Option<PathBuf>) -> Result<Vec<String>> {
-    if get("model.safetensors").is_some() {
-        return Ok(vec!["model.safetensors".into()]);
+    if get(SINGLE).is_some() {
+        return Ok(vec![SINGLE.into()]);
     }
-    let index = get("model.safetensors.index.json")
+    let index = get(INDEX)
         .context("neither model.safetensors nor model.safetensors.index.json is available")?;
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&index)?)
-        .with_context(|| format!("{}: not valid JSON", index.display()))?;
-    let mut shards: Vec<String> = v["weight_map"]
-        .as_object()
-        .with_context(|| {
-            format!(
-                "{}: field `weight_map`: expected an object",
-                index.display()
-            )
-        })?
-        .values()
-        .filter_map(|f| f.as_str().map(String::from))
-        .collect();
-    shards.sort();
-    shards.dedup();
-    Ok(shards)
+    Ok(index_shards(&index)?.into_iter().map(|(f, _)| f).collect())
 }
 
 fn from_cache(model: &str, repo: Repo) -> Result<PathBuf> {

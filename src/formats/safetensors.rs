@@ -1,0 +1,100 @@
+//! Safetensors checkpoints: one `model.safetensors` or shards listed in
+//! `model.safetensors.index.json`, memory-mapped.
+
+use anyhow::{bail, Context, Result};
+use candle_core::safetensors::MmapedSafetensors;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub const SINGLE: &str = "model.safetensors";
+pub const INDEX: &str = "model.safetensors.index.json";
+
+/// The shard file names an index lists (`weight_map` values), sorted and
+/// deduplicated, with the tensor each was first named for.
+pub fn index_shards(index: &Path) -> Result<Vec<(String, String)>> {
+    let v = super::json::read_object(index)?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .with_context(|| {
+            format!(
+                "{}: field `weight_map`: expected an object of tensor name -> file",
+                index.display()
+            )
+        })?;
+    let mut shards: Vec<(String, String)> = Vec::new();
+    for (name, f) in map {
+        let f = f.as_str().with_context(|| {
+            format!(
+                "{}: field `weight_map.{name}`: expected a file name",
+                index.display()
+            )
+        })?;
+        if !shards.iter().any(|(s, _)| s == f) {
+            shards.push((f.to_string(), name.clone()));
+        }
+    }
+    shards.sort();
+    Ok(shards)
+}
+
+/// The safetensors files of a Hugging Face directory: `model.safetensors`, or
+/// the shards listed in `model.safetensors.index.json`.
+pub fn files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join(SINGLE);
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join(INDEX);
+    if index.is_file() {
+        let mut files = Vec::new();
+        for (f, name) in index_shards(&index)? {
+            let p = dir.join(&f);
+            if !p.is_file() {
+                bail!(
+                    "{}: shard `{f}` (holding `{name}`) does not exist",
+                    index.display()
+                );
+            }
+            files.push(p);
+        }
+        return Ok(files);
+    }
+    bail!("{}: no {SINGLE} or {INDEX} found", dir.display())
+}
+
+/// A checkpoint's files, memory-mapped, and which file holds each tensor.
+pub struct Checkpoint {
+    pub st: MmapedSafetensors,
+    /// tensor name -> file it lives in (for messages and `inspect`).
+    pub files: HashMap<String, PathBuf>,
+}
+
+impl Checkpoint {
+    pub fn open(dir: &Path) -> Result<Self> {
+        let paths = files(dir)?;
+        let mut files = HashMap::new();
+        for p in &paths {
+            // SAFETY: the files are memory-mapped read-only; like every
+            // safetensors reader we rely on them not being truncated while open.
+            let one = unsafe { MmapedSafetensors::new(p) }
+                .with_context(|| format!("{}: not a valid safetensors file", p.display()))?;
+            for (name, _) in one.tensors() {
+                files.insert(name, p.clone());
+            }
+        }
+        // SAFETY: as above.
+        let st = unsafe { MmapedSafetensors::multi(&paths) }
+            .with_context(|| format!("{}: cannot map the safetensors files", dir.display()))?;
+        Ok(Self { st, files })
+    }
+
+    /// The file name holding `name` (empty if none).
+    pub fn file_name(&self, name: &str) -> String {
+        self.files
+            .get(name)
+            .and_then(|p| p.file_name())
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,195 @@
+//! Loading: a model spec (directory, .gguf file or Hub repo id; dtype,
+//! device, quantization) → a validated model with its tokenizer, eos ids and
+//! chat template. [`load`] is the one way in; every command uses it.
+//!
+//! - `hub`: `--model` → local files (hf-hub cache, offline-aware)
+//! - `safetensors`, `gguf`: the two file formats as `WeightSource`s
+//! - `quantizing`: quantize-at-load, a wrapper over any source
+
+pub mod gguf;
+pub mod hub;
+pub mod quantizing;
+pub mod safetensors;
+
+use crate::formats::gguf::{is_gguf, GgufFile};
+use crate::model::{Model, ModelConfig};
+use crate::tokenizer::Tokenizer;
+use anyhow::{bail, Context, Result};
+use candle_core::quantized::GgmlDType;
+use candle_core::{DType, Device};
+use quantizing::{QuantReport, QuantizingSource};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What to load and how to compute with it.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    /// A local Hugging Face directory, a .gguf file or a Hub repo id.
+    pub model: String,
+    pub hub: hub::HubOptions,
+    pub device: Device,
+    pub dtype: DType,
+    /// Quantize a safetensors model's projections as they load.
+    pub quantize: Option<GgmlDType>,
+}
+
+/// A model ready to generate: weights, tokenizer and the model's own
+/// generation settings.
+pub struct Loaded {
+    /// Shared by every conversation (`generate::Engine`) over it.
+    pub model: Arc<Model>,
+    pub tokenizer: Tokenizer,
+    /// The model directory or file the weights came from.
+    pub path: PathBuf,
+    /// End-of-generation ids: generation_config.json's (directories) or the
+    /// GGUF's end-of-generation tokens, else config's eos ids.
+    pub eos_ids: Vec<u32>,
+    /// The chat template embedded in the model file (GGUF `tokenizer.chat_template`);
+    /// None for directories, whose template is read from the directory.
+    pub chat_template: Option<String>,
+    /// What `--quantize` did (None without it).
+    pub quant_report: Option<QuantReport>,
+}
+
+/// Resolves, validates and loads everything a command needs.
+pub fn load(spec: &ModelSpec) -> Result<Loaded> {
+    let path = hub::resolve(&spec.model, &spec.hub)?;
+    if is_gguf(&path) {
+        if spec.quantize.is_some() {
+            bail!(
+                "--quantize applies to safetensors models; {} is a GGUF file, already quantized",
+                path.display()
+            );
+        }
+        let file = GgufFile::open(&path)?;
+        let model = gguf_model(&file, spec.dtype, &spec.device)?;
+        let tokenizer = crate::tokenizer::gguf::load(&file)?;
+        let eos_ids = crate::tokenizer::gguf::eog_ids(&file);
+        return Ok(Loaded {
+            eos_ids: or_config_eos(eos_ids, &model.config),
+            chat_template: crate::tokenizer::gguf::chat_template(&file),
+            model: Arc::new(model),
+            tokenizer,
+            path,
+            quant_report: None,
+        });
+    }
+    let (model, quant_report) = match spec.quantize {
+        Some(q) => {
+            let (m, r) = dir_model_quantized(&path, q, spec.dtype, &spec.device)?;
+            (m, Some(r))
+        }
+        None => (dir_model(&path, spec.dtype, &spec.device)?, None),
+    };
+    let tokenizer = Tokenizer::from_dir(&path)?;
+    let gen_cfg = path.join("generation_config.json");
+    let eos_ids = if gen_cfg.is_file() {
+        crate::sampling::eos_ids_from_generation_config(&gen_cfg)?
+    } else {
+        vec![]
+    };
+    Ok(Loaded {
+        eos_ids: or_config_eos(eos_ids, &model.config),
+        model: Arc::new(model),
+        tokenizer,
+        path,
+        chat_template: None,
+        quant_report,
+    })
+}
+
+fn or_config_eos(ids: Vec<u32>, config: &ModelConfig) -> Vec<u32> {
+    if ids.is_empty() {
+        config.eos_token_ids.clone()
+    } else {
+        ids
+    }
+}
+
+/// The weights of a Hugging Face directory (config.json + safetensors),
+/// validated before any tensor is read. No tokenizer needed.
+pub fn dir_model(dir: &Path, dtype: DType, device: &Device) -> Result<Model> {
+    let config = ModelConfig::from_file(&dir.join("config.json"))?;
+    let src = safetensors::SafetensorsSource::open(dir, dtype, device)?;
+    check(dir, &src.validate(&config).problems)?;
+    Model::load(config, &src, dtype, device)
+}
+
+/// A Hugging Face directory with its projections quantized to `qtype` as
+/// they load. Quantization starts from the stored values (read as f32).
+pub fn dir_model_quantized(
+    dir: &Path,
+    qtype: GgmlDType,
+    dtype: DType,
+    device: &Device,
+) -> Result<(Model, QuantReport)> {
+    let config = ModelConfig::from_file(&dir.join("config.json"))?;
+    let src = QuantizingSource::open(dir, qtype, dtype, device)?;
+    check(dir, &src.inner().validate(&config).problems)?;
+    let model = Model::load(config, &src, dtype, device)?;
+    Ok((model, src.report()))
+}
+
+/// The weights of an open GGUF file, projections kept quantized.
+pub fn gguf_model(file: &GgufFile, dtype: DType, device: &Device) -> Result<Model> {
+    let config = gguf::config(file)?;
+    check(&file.path, &gguf::problems(file, &config))?;
+    Model::load(
+        config,
+        &gguf::GgufSource::new(file, dtype, device),
+        dtype,
+        device,
+    )
+}
+
+/// The one validation verdict: the first problem as an error naming the
+/// file, with how many more there are.
+pub fn check(path: &Path, problems: &[String]) -> Result<()> {
+    let Some(p) = problems.first() else {
+        return Ok(());
+    };
+    let more = if problems.len() > 1 {
+        format!(
+            " (and {} more problems; `expert inspect` lists them)",
+            problems.len() - 1
+        )
+    } else {
+        String::new()
+    };
+    bail!("{}: {p}{more}", path.display())
+}
+
+/// `--device cpu|cuda|auto`.
+pub fn select_device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Device::new_cuda(0).context(
+            "--device cuda: no usable CUDA device (was expert built with --features cuda?)",
+        ),
+        "auto" => {
+            if candle_core::utils::cuda_is_available() {
+                if let Ok(d) = Device::new_cuda(0) {
+                    return Ok(d);
+                }
+            }
+            Ok(Device::Cpu)
+        }
+        other => bail!("--device: expected cpu, cuda or auto, got `{other}`"),
+    }
+}
+
+/// `--dtype auto|f32|bf16|f16`. auto is f32 on CPU (candle's CPU bf16 matmul
+/// widens to f32 on every call, so it is slower) and bf16 on GPUs.
+pub fn select_dtype(name: &str, device: &Device) -> Result<DType> {
+    match name {
+        "auto" => Ok(if device.is_cpu() {
+            DType::F32
+        } else {
+            DType::BF16
+        }),
+        "f32" => Ok(DType::F32),
+        "bf16" => Ok(DType::BF16),
+        "f16" => Ok(DType::F16),
+        other => bail!("--dtype: expected auto, f32, bf16 or f16, got `{other}`"),
+    }
+}

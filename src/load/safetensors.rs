@@ -1,0 +1,79 @@
+//! Hugging Face safetensors checkpoints as a `WeightSource`.
+
+use crate::formats::safetensors::Checkpoint;
+use crate::model::weights::{natural_key, validate, TensorInfo, Validation, Weight, WeightSource};
+use crate::model::ModelConfig;
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use std::path::Path;
+
+pub struct SafetensorsSource {
+    ckpt: Checkpoint,
+    dtype: DType,
+    device: Device,
+}
+
+impl SafetensorsSource {
+    /// Maps the checkpoint of `dir`; tensors are read (and converted to
+    /// `dtype` on `device`) only when asked for.
+    pub fn open(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        Ok(Self {
+            ckpt: Checkpoint::open(dir)?,
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    /// Every tensor's header entry, in natural order (`layers.10` after `layers.9`).
+    pub fn tensor_infos(&self) -> Vec<TensorInfo> {
+        let mut tensors: Vec<TensorInfo> = self
+            .ckpt
+            .st
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| TensorInfo {
+                file: self.ckpt.file_name(&name),
+                dtype: format!("{:?}", view.dtype()),
+                shape: view.shape().to_vec(),
+                name,
+            })
+            .collect();
+        tensors.sort_by_key(|t| natural_key(&t.name));
+        tensors
+    }
+
+    /// Checks the checkpoint against `cfg` (headers only, no tensor data read).
+    pub fn validate(&self, cfg: &ModelConfig) -> Validation {
+        validate(cfg, self.tensor_infos())
+    }
+
+    fn load(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self
+            .ckpt
+            .st
+            .load(name, &self.device)
+            .with_context(|| format!("missing tensor `{name}`"))?;
+        if t.dims() != shape {
+            bail!(
+                "{}: tensor `{name}`: expected shape {shape:?}, found {:?}",
+                self.ckpt.file_name(name),
+                t.dims()
+            );
+        }
+        Ok(t.to_dtype(self.dtype)?)
+    }
+}
+
+impl WeightSource for SafetensorsSource {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.load(name, shape)
+    }
+
+    fn weight(&self, name: &str, shape: &[usize]) -> Result<Weight> {
+        Ok(Weight::Dense(self.load(name, shape)?))
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.ckpt.files.contains_key(name)
+    }
+}
