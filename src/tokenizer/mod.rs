@@ -12,7 +12,7 @@ mod stream;
 
 pub use stream::TokenStream;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
 use std::path::Path;
 
