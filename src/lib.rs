@@ -4,6 +4,7 @@
 //! turn text into ids, `sampling` picks the next id, `generate` drives
 //! prefill/decode/stop/stream, `cli/` holds one file per subcommand.
 
+pub mod chat;
 pub mod cli;
 pub mod formats;
 pub mod generate;
