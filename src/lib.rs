@@ -9,9 +9,10 @@
 //! - `load`: a model spec → a validated model, tokenizer and eos ids;
 //!   `quantize`: the offline GGUF writer beside it
 //! - `sampling`, `generate`: next-token choice; prefill/decode/stop/stream
-//! - `template`: chat templates and conversations
+//! - `chat`: conversations → prompts (template, messages, thinking text)
 //! - `cli`: arguments and printing, one file per subcommand
 
+pub mod chat;
 pub mod cli;
 pub mod formats;
 pub mod generate;
@@ -20,7 +21,6 @@ pub mod model;
 pub mod ops;
 pub mod quantize;
 pub mod sampling;
-pub mod template;
 pub mod tokenizer;
 
 #[cfg(test)]

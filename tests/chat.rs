@@ -919,9 +919,9 @@ fn context_limits_are_enforced() {
 
 mod library {
     use super::*;
+    use expert::chat::{encode_prompt, ChatTemplate, Message, RenderOptions};
     use expert::generate::{Engine, GenerateOptions};
     use expert::sampling::{Sampler, SamplingParams};
-    use expert::template::{encode_prompt, ChatTemplate, Message, RenderOptions};
     use expert::tokenizer::Tokenizer;
 
     struct Chat {

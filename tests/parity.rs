@@ -78,7 +78,7 @@ fn logits_match_transformers() {
 fn mean_nll_matches_transformers() {
     for name in FIXTURES {
         let g = golden(name);
-        let mut model = load(name, DType::F32);
+        let model = load(name, DType::F32);
         let mut cases: Vec<(Vec<u32>, f64)> = g["sequences"]
             .as_array()
             .unwrap()
@@ -93,7 +93,7 @@ fn mean_nll_matches_transformers() {
             );
         }
         for (ids, nll) in cases {
-            let score = perplexity(&mut model, &ids, ids.len(), false).unwrap();
+            let score = perplexity(&model, &ids, ids.len(), false).unwrap();
             let rel = (score.nll - nll).abs() / nll;
             eprintln!(
                 "{name}: {} tokens, nll {:.8} vs {nll:.8}, rel {rel:e}",
@@ -210,11 +210,11 @@ fn truncated_cache_equals_fresh_prefill() {
 fn bf16_compute_stays_close() {
     for name in ["tiny", "sharded"] {
         let g = golden(name);
-        let mut model = load(name, DType::BF16);
+        let model = load(name, DType::BF16);
         for s in g["sequences"].as_array().unwrap() {
             let ids = ids(&s["ids"]);
             let nll = s["nll"].as_f64().unwrap();
-            let score = perplexity(&mut model, &ids, ids.len(), false).unwrap();
+            let score = perplexity(&model, &ids, ids.len(), false).unwrap();
             let rel = (score.nll - nll).abs() / nll;
             eprintln!("{name} bf16: nll {:.6} vs {nll:.6}, rel {rel:e}", score.nll);
             assert!(

@@ -59,7 +59,7 @@ fn argmax(t: &Tensor) -> u32 {
 
 /// The model with every weight dequantized to f32: what transformers runs.
 fn dequantized(file: &GgufFile) -> Model {
-    let cfg = expert::load::gguf::config(&file).unwrap();
+    let cfg = expert::load::gguf::config(file).unwrap();
     Model::load(
         cfg,
         &GgufSource::new(file, DType::F32, &Device::Cpu).dequantized(),
@@ -103,9 +103,9 @@ fn perplexity_within_two_percent_of_float32_reference() {
     let g = golden();
     let p = &g["perplexity_english"];
     let text = ids(&p["ids"]);
-    let (mut model, _) = load_gguf(&path);
+    let (model, _) = load_gguf(&path);
     let reference = p["ppl"].as_f64().unwrap();
-    let score = perplexity(&mut model, &text, text.len(), false).unwrap();
+    let score = perplexity(&model, &text, text.len(), false).unwrap();
     assert_eq!(score.tokens, p["n_predicted"].as_u64().unwrap() as usize);
     let rel = score.ppl / reference - 1.0;
     // Decode path: one token at a time.
@@ -204,8 +204,8 @@ fn dequantized_float32_matches_transformers_and_rope_layout_is_proven() {
     let p = &g["perplexity_english"];
     let text = ids(&p["ids"]);
     let file = GgufFile::open(&path).unwrap();
-    let mut model = dequantized(&file);
-    let score = perplexity(&mut model, &text, text.len(), false).unwrap();
+    let model = dequantized(&file);
+    let score = perplexity(&model, &text, text.len(), false).unwrap();
     let reference = p["mean_nll"].as_f64().unwrap();
     let rel = (score.nll - reference).abs() / reference;
     eprintln!("smollm2 dequantized f32: nll {:.6} vs transformers {reference:.6} (rel {rel:.2e}), ppl {:.4}", score.nll, score.ppl);
@@ -235,14 +235,14 @@ fn dequantized_float32_matches_transformers_and_rope_layout_is_proven() {
     let mut cfg = expert::load::gguf::config(&file).unwrap();
     assert!(cfg.rope.interleaved);
     cfg.rope.interleaved = false;
-    let mut wrong = Model::load(
+    let wrong = Model::load(
         cfg,
         &GgufSource::new(&file, DType::F32, &Device::Cpu).dequantized(),
         DType::F32,
         &Device::Cpu,
     )
     .unwrap();
-    let bad = perplexity(&mut wrong, &text, text.len(), false).unwrap();
+    let bad = perplexity(&wrong, &text, text.len(), false).unwrap();
     eprintln!(
         "smollm2 with half-split rope instead of interleaved: ppl {:.2} (vs {:.2})",
         bad.ppl, score.ppl
@@ -350,14 +350,14 @@ fn requantized_from_float_perplexity() {
             DType::F32,
             &Device::Cpu,
         );
-        let mut model = Model::load(
+        let model = Model::load(
             expert::load::gguf::config(&file).unwrap(),
             &src,
             DType::F32,
             &Device::Cpu,
         )
         .unwrap();
-        let score = perplexity(&mut model, &ids, ids.len(), false).unwrap();
+        let score = perplexity(&model, &ids, ids.len(), false).unwrap();
         let rel = score.ppl / reference - 1.0;
         eprintln!(
             "smollm2 requantized {tname}: ppl {:.4} vs f32 reference {reference:.4} ({:+.3}%); {}",

@@ -207,8 +207,8 @@ fn f16_storage_loads() {
     let g = golden("tiny");
     let seq = &g["sequences"][0];
     let ids = ids(&seq["ids"]);
-    let mut model = expert::load::dir_model(d.path(), DType::F32, &Device::Cpu).unwrap();
-    let score = expert::cli::perplexity::perplexity(&mut model, &ids, ids.len(), false).unwrap();
+    let model = expert::load::dir_model(d.path(), DType::F32, &Device::Cpu).unwrap();
+    let score = expert::cli::perplexity::perplexity(&model, &ids, ids.len(), false).unwrap();
     let nll = seq["nll"].as_f64().unwrap();
     assert!(
         (score.nll - nll).abs() / nll < 1e-5,

@@ -5,7 +5,6 @@ pub mod chat;
 pub mod inspect;
 pub mod perplexity;
 pub mod quantize;
-pub mod repl;
 
 use crate::load::{Loaded, ModelSpec};
 use clap::{Args, Parser, Subcommand};
