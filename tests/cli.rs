@@ -37,33 +37,36 @@ fn perplexity_json_matches_transformers_loss() {
     }
 }
 
+/// `--context W` scores the text in windows of W tokens, each an independent
+/// sequence: the token count and the NLL equal the reference computed per
+/// window (tests/fixtures/qwen3/tiny/windowed.json, scripts/fixtures/windowed.py).
 #[test]
-fn perplexity_windows_score_every_token_after_each_window_start() {
-    let text = root().join("tests/fixtures/text/english.txt");
-    let o = expert(&[
-        "perplexity",
-        "--model",
-        &tiny(),
-        "--file",
-        text.to_str().unwrap(),
-        "--json",
-        "--context",
-        "64",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
-    let g = golden("tiny");
-    let n = g["texts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| {
-            t["text"].as_str().unwrap().trim() == std::fs::read_to_string(&text).unwrap().trim()
-        })
-        .map(|t| t["ids"].as_array().unwrap().len());
-    if let Some(n) = n {
-        // ceil(n/64) windows, each loses its first token.
-        assert_eq!(v["tokens"].as_u64().unwrap() as usize, n - n.div_ceil(64));
+fn perplexity_windows_match_the_windowed_reference() {
+    let reference = read_json(&fixture("tiny").join("windowed.json"));
+    let text = root().join(reference["text_file"].as_str().unwrap());
+    let n = reference["ids"].as_u64().unwrap() as usize;
+    for case in reference["cases"].as_array().unwrap() {
+        let window = case["context"].as_u64().unwrap() as usize;
+        let o = expert(&[
+            "perplexity",
+            "--model",
+            &tiny(),
+            "--file",
+            text.to_str().unwrap(),
+            "--json",
+            "--context",
+            &window.to_string(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+        // ceil(n/W) windows, each loses its first token.
+        let tokens = v["tokens"].as_u64().unwrap() as usize;
+        assert_eq!(tokens, n - n.div_ceil(window), "--context {window}");
+        assert_eq!(tokens as u64, case["tokens"].as_u64().unwrap());
+        let (ours, theirs) = (v["nll"].as_f64().unwrap(), case["nll"].as_f64().unwrap());
+        let rel = (ours - theirs).abs() / theirs;
+        eprintln!("--context {window}: nll {ours:.8} vs reference {theirs:.8} (rel {rel:.1e})");
+        assert!(rel <= 1e-5, "--context {window}: nll {ours} vs {theirs}");
     }
     let o = expert(&[
         "perplexity",
