@@ -2,12 +2,15 @@
 //! tensor, the validation verdict and the LoRA target modules.
 
 use super::ModelArgs;
+use crate::formats::gguf::{type_name, GgufFile, MetaValue};
 use crate::load::safetensors::SafetensorsSource;
 use crate::model::weights::PROJECTIONS;
 use crate::model::ModelConfig;
 use anyhow::Result;
 use candle_core::{DType, Device};
 use clap::Args;
+use std::collections::BTreeMap;
+use std::path::Path;
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
@@ -112,7 +115,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
 }
 
 /// An invalid checkpoint makes the command fail (after the report).
-fn verdict(dir: &std::path::Path, v: &crate::model::weights::Validation) -> Result<()> {
+fn verdict(dir: &Path, v: &crate::model::weights::Validation) -> Result<()> {
     match v.problems.first() {
         None => Ok(()),
         Some(p) => anyhow::bail!(
@@ -125,20 +128,55 @@ fn verdict(dir: &std::path::Path, v: &crate::model::weights::Validation) -> Resu
 /// `expert inspect --model FILE.gguf`: metadata (long arrays shown by their
 /// length), every tensor with its GGML type and shape (outermost first, as
 /// for safetensors), the config it implies and the verdict.
-fn inspect_gguf(path: &std::path::Path, json: bool) -> Result<()> {
-    use crate::formats::gguf::{type_name, GgufFile};
-    let file = GgufFile::open(path)?;
-    let cfg = crate::load::gguf::config(&file);
-    let problems = match &cfg {
-        Ok(c) => crate::load::gguf::problems(&file, c),
-        Err(e) => vec![format!("{e:#}")],
-    };
-    let mut types = std::collections::BTreeMap::<&str, usize>::new();
-    for t in &file.tensors {
-        *types.entry(type_name(t.dtype)).or_default() += 1;
-    }
+fn inspect_gguf(path: &Path, json: bool) -> Result<()> {
+    let report = GgufReport::gather(path)?;
     if json {
-        let config = cfg.as_ref().ok().map(|c| {
+        println!("{}", serde_json::to_string_pretty(&report.to_json(path))?);
+    } else {
+        report.print(path);
+    }
+    let GgufReport { cfg, problems, .. } = report;
+    cfg?;
+    match problems.first() {
+        None => Ok(()),
+        Some(p) => anyhow::bail!("{}: {p}", path.display()),
+    }
+}
+
+/// What `inspect` reports on a GGUF file; a config error is reported as a
+/// problem (and fails the command after the report).
+struct GgufReport {
+    file: GgufFile,
+    cfg: Result<ModelConfig>,
+    problems: Vec<String>,
+    /// Tensor count by GGML type name.
+    types: BTreeMap<&'static str, usize>,
+}
+
+impl GgufReport {
+    fn gather(path: &Path) -> Result<Self> {
+        let file = GgufFile::open(path)?;
+        let cfg = crate::load::gguf::config(&file);
+        let problems = match &cfg {
+            Ok(c) => crate::load::gguf::problems(&file, c),
+            Err(e) => vec![format!("{e:#}")],
+        };
+        let mut types = BTreeMap::<&str, usize>::new();
+        for t in &file.tensors {
+            *types.entry(type_name(t.dtype)).or_default() += 1;
+        }
+        Ok(Self {
+            file,
+            cfg,
+            problems,
+            types,
+        })
+    }
+
+    /// The `--json` object.
+    fn to_json(&self, path: &Path) -> serde_json::Value {
+        let file = &self.file;
+        let config = self.cfg.as_ref().ok().map(|c| {
             serde_json::json!({
                 "architecture": c.architecture.name(),
                 "vocab_size": c.vocab_size,
@@ -163,83 +201,37 @@ fn inspect_gguf(path: &std::path::Path, json: bool) -> Result<()> {
             .iter()
             .map(|t| serde_json::json!({"name": t.name, "type": type_name(t.dtype), "shape": t.shape, "bytes": t.size}))
             .collect();
-        let out = serde_json::json!({
+        serde_json::json!({
             "path": path,
             "format": "gguf",
             "version": file.version,
             "file_size": file.file_size,
             "config": config,
-            "parameters": cfg.as_ref().ok().map(|c| c.parameter_count()),
-            "tensor_types": types,
-            "valid": problems.is_empty(),
-            "problems": problems,
+            "parameters": self.cfg.as_ref().ok().map(|c| c.parameter_count()),
+            "tensor_types": self.types,
+            "valid": self.problems.is_empty(),
+            "problems": self.problems,
             "metadata": file.metadata_json(16),
             "tensors": tensors,
-        });
-        println!("{}", serde_json::to_string_pretty(&out)?);
-    } else {
+        })
+    }
+
+    /// The text report.
+    fn print(&self, path: &Path) {
+        let file = &self.file;
         println!(
             "model        {} (GGUF v{}, {:.1} MB)",
             path.display(),
             file.version,
             file.file_size as f64 / 1e6
         );
-        if let Ok(c) = &cfg {
-            println!(
-                "architecture {}  layers {}  hidden {}  intermediate {}  vocab {}",
-                c.architecture.name(),
-                c.num_hidden_layers,
-                c.hidden_size,
-                c.intermediate_size,
-                c.vocab_size
-            );
-            println!(
-                "attention    {} heads, {} kv heads, head_dim {}{}{}",
-                c.num_attention_heads,
-                c.num_key_value_heads,
-                c.head_dim,
-                if c.qk_norm { ", q/k RMSNorm" } else { "" },
-                if c.attention_bias { ", q/k/v bias" } else { "" }
-            );
-            println!(
-                "rope         theta {}  scaling {:?}  {}  context {}",
-                c.rope.theta,
-                c.rope.scaling,
-                if c.rope.interleaved {
-                    "interleaved pairs"
-                } else {
-                    "half split"
-                },
-                c.max_position_embeddings
-            );
-            println!(
-                "parameters   {} ({:.1}M)",
-                c.parameter_count(),
-                c.parameter_count() as f64 / 1e6
-            );
-            println!(
-                "lm_head      {}",
-                if c.tie_word_embeddings {
-                    "tied to the embedding"
-                } else {
-                    "separate output.weight"
-                }
-            );
+        if let Ok(c) = &self.cfg {
+            print_gguf_config(c);
         }
-        let summary: Vec<String> = types.iter().map(|(t, n)| format!("{n} {t}")).collect();
+        let summary: Vec<String> = self.types.iter().map(|(t, n)| format!("{n} {t}")).collect();
         println!("metadata     {} entries", file.metadata.len());
         for (k, v) in &file.metadata {
-            let shown = match v {
-                crate::formats::gguf::MetaValue::Array(a) if a.len() > 16 => {
-                    format!("({} entries)", a.len())
-                }
-                crate::formats::gguf::MetaValue::String(s) if s.len() > 80 || s.contains('\n') => {
-                    let first: String = s.chars().take(60).collect();
-                    format!("{first:?}… ({} bytes)", s.len())
-                }
-                v => v.to_json(16).to_string(),
-            };
-            println!("  {k:<45} {:<22} {shown}", v.type_name());
+            println!("  {k:<45} {:<22} {}", v.type_name(), shown(v));
         }
         println!(
             "tensors      {} ({})",
@@ -249,18 +241,70 @@ fn inspect_gguf(path: &std::path::Path, json: bool) -> Result<()> {
         for t in &file.tensors {
             println!("  {:<40} {:<5} {:?}", t.name, type_name(t.dtype), t.shape);
         }
-        if problems.is_empty() {
+        if self.problems.is_empty() {
             println!("verdict      OK");
         } else {
-            for p in &problems {
+            for p in &self.problems {
                 println!("problem      {p}");
             }
-            println!("verdict      INVALID ({} problems)", problems.len());
+            println!("verdict      INVALID ({} problems)", self.problems.len());
         }
     }
-    cfg?;
-    match problems.first() {
-        None => Ok(()),
-        Some(p) => anyhow::bail!("{}: {p}", path.display()),
+}
+
+/// The config lines of the GGUF text report.
+fn print_gguf_config(c: &ModelConfig) {
+    println!(
+        "architecture {}  layers {}  hidden {}  intermediate {}  vocab {}",
+        c.architecture.name(),
+        c.num_hidden_layers,
+        c.hidden_size,
+        c.intermediate_size,
+        c.vocab_size
+    );
+    println!(
+        "attention    {} heads, {} kv heads, head_dim {}{}{}",
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.head_dim,
+        if c.qk_norm { ", q/k RMSNorm" } else { "" },
+        if c.attention_bias { ", q/k/v bias" } else { "" }
+    );
+    println!(
+        "rope         theta {}  scaling {:?}  {}  context {}",
+        c.rope.theta,
+        c.rope.scaling,
+        if c.rope.interleaved {
+            "interleaved pairs"
+        } else {
+            "half split"
+        },
+        c.max_position_embeddings
+    );
+    println!(
+        "parameters   {} ({:.1}M)",
+        c.parameter_count(),
+        c.parameter_count() as f64 / 1e6
+    );
+    println!(
+        "lm_head      {}",
+        if c.tie_word_embeddings {
+            "tied to the embedding"
+        } else {
+            "separate output.weight"
+        }
+    );
+}
+
+/// A metadata value as the text report shows it: long arrays by their
+/// length, long or multi-line strings by their start and size.
+fn shown(v: &MetaValue) -> String {
+    match v {
+        MetaValue::Array(a) if a.len() > 16 => format!("({} entries)", a.len()),
+        MetaValue::String(s) if s.len() > 80 || s.contains('\n') => {
+            let first: String = s.chars().take(60).collect();
+            format!("{first:?}… ({} bytes)", s.len())
+        }
+        v => v.to_json(16).to_string(),
     }
 }

@@ -6,7 +6,7 @@ pub mod inspect;
 pub mod perplexity;
 pub mod quantize;
 
-use crate::load::{Loaded, ModelSpec};
+use crate::load::{LoadedModel, ModelSpec};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -92,7 +92,7 @@ impl ModelArgs {
     }
 
     /// Loads the model; says on stderr what `--quantize` did.
-    pub fn load(&self) -> anyhow::Result<Loaded> {
+    pub fn load(&self) -> anyhow::Result<LoadedModel> {
         let loaded = crate::load::load(&self.spec()?)?;
         if let (Some(q), Some(report)) = (&self.quantize, &loaded.quant_report) {
             eprintln!(

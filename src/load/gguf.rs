@@ -17,6 +17,66 @@ pub fn config(file: &GgufFile) -> Result<ModelConfig> {
 }
 
 fn config_inner(file: &GgufFile) -> Result<ModelConfig> {
+    let (arch_name, architecture) = architecture(file)?;
+    let k = |s: &str| format!("{arch_name}.{s}");
+    let attn = attention_shape(file, &k)?;
+    let max_position_embeddings = file.u64(&k("context_length"))? as usize;
+    let theta = file.opt_f64(&k("rope.freq_base"))?.unwrap_or(10_000.0);
+    let scaling = rope_scaling(file, &k, max_position_embeddings)?;
+    let (vocab_size, intermediate_size) = vocab_and_ffn_sizes(file, &k, attn.hidden_size)?;
+    let eps = file
+        .opt_f64(&k("attention.layer_norm_rms_epsilon"))?
+        .with_context(|| {
+            format!(
+                "metadata `{}`: missing (expected a number)",
+                k("attention.layer_norm_rms_epsilon")
+            )
+        })?;
+    let eos_token_ids = eos_token_ids(file)?;
+    let num_hidden_layers = file.u64(&k("block_count"))? as usize;
+    // Each layer has at least 9 tensors; a larger count is corrupt (and
+    // would make the tensor checks allocate without bound).
+    if num_hidden_layers > file.tensors.len() {
+        bail!(
+            "metadata `{}` = {num_hidden_layers} is absurd: the file has only {} tensors",
+            k("block_count"),
+            file.tensors.len()
+        );
+    }
+    let cfg = ModelConfig {
+        architecture,
+        vocab_size,
+        hidden_size: attn.hidden_size,
+        intermediate_size,
+        num_hidden_layers,
+        num_attention_heads: attn.num_attention_heads,
+        num_key_value_heads: attn.num_key_value_heads,
+        head_dim: attn.head_dim,
+        rms_norm_eps: eps,
+        rope: RopeConfig {
+            theta,
+            scaling,
+            interleaved: architecture == Architecture::Llama,
+        },
+        max_position_embeddings,
+        tie_word_embeddings: !file.has_tensor("output.weight"),
+        attention_bias: match architecture {
+            Architecture::Qwen2 => true,
+            _ => file.has_tensor("blk.0.attn_q.bias"),
+        },
+        qk_norm: architecture == Architecture::Qwen3,
+        bos_token_id: file
+            .opt_u64("tokenizer.ggml.bos_token_id")?
+            .map(|v| v as u32),
+        eos_token_ids,
+    };
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// `general.architecture`: its name (the `{arch}.*` key prefix) and the
+/// supported architecture it names.
+fn architecture(file: &GgufFile) -> Result<(String, Architecture)> {
     let arch_name = file.architecture()?;
     let architecture = match arch_name.as_str() {
         "qwen3" => Architecture::Qwen3,
@@ -26,7 +86,20 @@ fn config_inner(file: &GgufFile) -> Result<ModelConfig> {
             "metadata `general.architecture`: `{other}` is not supported (supported: qwen3, qwen2, llama)"
         ),
     };
-    let k = |s: &str| format!("{arch_name}.{s}");
+    Ok((arch_name, architecture))
+}
+
+/// Hidden size and attention heads, from `{arch}.*` metadata.
+struct AttentionShape {
+    hidden_size: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: usize,
+    head_dim: usize,
+}
+
+/// The attention shape; values of a head length other than the keys', and
+/// partial rotary embeddings, are refused.
+fn attention_shape(file: &GgufFile, k: &impl Fn(&str) -> String) -> Result<AttentionShape> {
     let hidden_size = file.u64(&k("embedding_length"))? as usize;
     let num_attention_heads = file.u64(&k("attention.head_count"))? as usize;
     let num_key_value_heads = file
@@ -59,9 +132,21 @@ fn config_inner(file: &GgufFile) -> Result<ModelConfig> {
             );
         }
     }
-    let max_position_embeddings = file.u64(&k("context_length"))? as usize;
-    let theta = file.opt_f64(&k("rope.freq_base"))?.unwrap_or(10_000.0);
-    let scaling = match file.opt_str(&k("rope.scaling.type"))? {
+    Ok(AttentionShape {
+        hidden_size,
+        num_attention_heads,
+        num_key_value_heads,
+        head_dim,
+    })
+}
+
+/// `{arch}.rope.scaling.*`; a factor of 1 is no scaling, except for YaRN.
+fn rope_scaling(
+    file: &GgufFile,
+    k: &impl Fn(&str) -> String,
+    max_position_embeddings: usize,
+) -> Result<RopeScaling> {
+    Ok(match file.opt_str(&k("rope.scaling.type"))? {
         None | Some("none") => RopeScaling::None,
         Some(kind) => {
             let factor = file.opt_f64(&k("rope.scaling.factor"))?.unwrap_or(1.0);
@@ -92,7 +177,16 @@ fn config_inner(file: &GgufFile) -> Result<ModelConfig> {
                 ),
             }
         }
-    };
+    })
+}
+
+/// The vocabulary size (the embedding's rows) and the feed-forward size
+/// (metadata, else the first up projection's rows).
+fn vocab_and_ffn_sizes(
+    file: &GgufFile,
+    k: &impl Fn(&str) -> String,
+    hidden_size: usize,
+) -> Result<(usize, usize)> {
     let embd = file
         .tensor_info("token_embd.weight")
         .context("missing tensor `token_embd.weight`")?;
@@ -110,14 +204,11 @@ fn config_inner(file: &GgufFile) -> Result<ModelConfig> {
             .map(|t| t.shape[0])
             .context(format!("metadata `{}`: missing", k("feed_forward_length")))?,
     };
-    let eps = file
-        .opt_f64(&k("attention.layer_norm_rms_epsilon"))?
-        .with_context(|| {
-            format!(
-                "metadata `{}`: missing (expected a number)",
-                k("attention.layer_norm_rms_epsilon")
-            )
-        })?;
+    Ok((vocab_size, intermediate_size))
+}
+
+/// `tokenizer.ggml.{eos,eot}_token_id`, without repeats.
+fn eos_token_ids(file: &GgufFile) -> Result<Vec<u32>> {
     let mut eos_token_ids = vec![];
     for key in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"] {
         if let Some(id) = file.opt_u64(key)? {
@@ -126,45 +217,7 @@ fn config_inner(file: &GgufFile) -> Result<ModelConfig> {
             }
         }
     }
-    let num_hidden_layers = file.u64(&k("block_count"))? as usize;
-    // Each layer has at least 9 tensors; a larger count is corrupt (and
-    // would make the tensor checks allocate without bound).
-    if num_hidden_layers > file.tensors.len() {
-        bail!(
-            "metadata `{}` = {num_hidden_layers} is absurd: the file has only {} tensors",
-            k("block_count"),
-            file.tensors.len()
-        );
-    }
-    let cfg = ModelConfig {
-        architecture,
-        vocab_size,
-        hidden_size,
-        intermediate_size,
-        num_hidden_layers,
-        num_attention_heads,
-        num_key_value_heads,
-        head_dim,
-        rms_norm_eps: eps,
-        rope: RopeConfig {
-            theta,
-            scaling,
-            interleaved: architecture == Architecture::Llama,
-        },
-        max_position_embeddings,
-        tie_word_embeddings: !file.has_tensor("output.weight"),
-        attention_bias: match architecture {
-            Architecture::Qwen2 => true,
-            _ => file.has_tensor("blk.0.attn_q.bias"),
-        },
-        qk_norm: architecture == Architecture::Qwen3,
-        bos_token_id: file
-            .opt_u64("tokenizer.ggml.bos_token_id")?
-            .map(|v| v as u32),
-        eos_token_ids,
-    };
-    cfg.validate()?;
-    Ok(cfg)
+    Ok(eos_token_ids)
 }
 
 /// Checks every tensor the config needs: present with the right shape.

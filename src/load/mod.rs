@@ -35,7 +35,7 @@ pub struct ModelSpec {
 
 /// A model ready to generate: weights, tokenizer and the model's own
 /// generation settings.
-pub struct Loaded {
+pub struct LoadedModel {
     /// Shared by every conversation (`generate::Engine`) over it.
     pub model: Arc<Model>,
     pub tokenizer: Tokenizer,
@@ -52,7 +52,7 @@ pub struct Loaded {
 }
 
 /// Resolves, validates and loads everything a command needs.
-pub fn load(spec: &ModelSpec) -> Result<Loaded> {
+pub fn load(spec: &ModelSpec) -> Result<LoadedModel> {
     let path = hub::resolve(&spec.model, &spec.hub)?;
     if is_gguf(&path) {
         if spec.quantize.is_some() {
@@ -65,7 +65,7 @@ pub fn load(spec: &ModelSpec) -> Result<Loaded> {
         let model = gguf_model(&file, spec.dtype, &spec.device)?;
         let tokenizer = crate::tokenizer::gguf::load(&file)?;
         let eos_ids = crate::tokenizer::gguf::eog_ids(&file);
-        return Ok(Loaded {
+        return Ok(LoadedModel {
             eos_ids: or_config_eos(eos_ids, &model.config),
             chat_template: crate::tokenizer::gguf::chat_template(&file),
             model: Arc::new(model),
@@ -88,7 +88,7 @@ pub fn load(spec: &ModelSpec) -> Result<Loaded> {
     } else {
         vec![]
     };
-    Ok(Loaded {
+    Ok(LoadedModel {
         eos_ids: or_config_eos(eos_ids, &model.config),
         model: Arc::new(model),
         tokenizer,

@@ -15,14 +15,14 @@ use crate::chat::conversation::{Conversation, Fitted, Turn};
 use crate::chat::prompt::Prompter;
 use crate::chat::template::RenderOptions;
 use crate::generate::{Engine, GenerateOptions, Stats, StopReason};
-use crate::load::Loaded;
+use crate::load::LoadedModel;
 use crate::sampling::{Sampler, SamplingParams};
 use anyhow::Result;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 struct Repl {
-    loaded: Loaded,
+    loaded: LoadedModel,
     /// This conversation's generation state over `loaded.model`.
     engine: Engine,
     prompter: Prompter,

@@ -19,14 +19,19 @@
 //! differ only on whitespace runs in front of a digit. We follow transformers,
 //! which is what the goldens record; a tokenizer.json placed beside the GGUF
 //! gives the upstream behaviour instead (see [`load`]).
+//!
+//! The other direction (tokenizer.json → `tokenizer.ggml.*`, for
+//! `expert quantize`) is in `export`.
 
-use crate::formats::gguf::{
-    GgufFile, MetaArray, MetaValue, TOKEN_CONTROL, TOKEN_NORMAL, TOKEN_UNUSED, TOKEN_USER_DEFINED,
-};
+mod export;
+
+pub use export::tokenizer_metadata;
+
+use crate::formats::gguf::{GgufFile, TOKEN_CONTROL, TOKEN_NORMAL, TOKEN_USER_DEFINED};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
-use serde_json::{json, Value};
-use std::collections::BTreeMap;
+use serde_json::{json, Map, Value};
+use std::collections::HashSet;
 use std::path::Path;
 
 /// transformers' `Qwen2Tokenizer.PRETOKENIZE_REGEX` (also Qwen3's).
@@ -185,132 +190,13 @@ pub fn tokenizer_json(file: &GgufFile) -> Result<String> {
              place the model's tokenizer.json beside the file"
         );
     }
-    let tokens = file
-        .get("tokenizer.ggml.tokens")
-        .and_then(|v| v.as_array())
-        .and_then(|a| a.strings())
-        .context("metadata `tokenizer.ggml.tokens`: missing or not an array of strings")?;
-    let merges = file
-        .get("tokenizer.ggml.merges")
-        .and_then(|v| v.as_array())
-        .and_then(|a| a.strings())
-        .context("metadata `tokenizer.ggml.merges`: missing or not an array of strings")?;
-    let types = match file.get("tokenizer.ggml.token_type") {
-        None => vec![TOKEN_NORMAL; tokens.len()],
-        Some(v) => v
-            .as_array()
-            .and_then(|a| a.ints())
-            .context("metadata `tokenizer.ggml.token_type`: expected an array of integers")?,
-    };
-    if types.len() != tokens.len() {
-        bail!(
-            "metadata `tokenizer.ggml.token_type` has {} entries for {} tokens",
-            types.len(),
-            tokens.len()
-        );
-    }
-    let spelling = bytes_to_unicode();
-    let alphabet: std::collections::HashSet<char> = spelling.iter().copied().collect();
-    let in_alphabet = |t: &str| t.chars().all(|c| alphabet.contains(&c));
-    let mut vocab = serde_json::Map::with_capacity(tokens.len());
-    for (id, token) in tokens.iter().enumerate() {
-        let spelled = if in_alphabet(token) {
-            token.clone()
-        } else {
-            token.bytes().map(|b| spelling[b as usize]).collect()
-        };
-        vocab.insert(spelled, json!(id));
-    }
-    let mut merge_pairs = Vec::with_capacity(merges.len());
-    for (i, m) in merges.iter().enumerate() {
-        let (a, b) = m
-            .split_once(' ')
-            .with_context(|| format!("metadata `tokenizer.ggml.merges`: entry {i} {m:?} is not two tokens separated by a space"))?;
-        merge_pairs.push(json!([a, b]));
-    }
-    let mut added = vec![];
-    for (id, (token, &t)) in tokens.iter().zip(&types).enumerate() {
-        // As transformers: a control token spelled outside the byte alphabet
-        // is a llama.cpp mislabel and is skipped; user-defined ones are added
-        // only when they are vocabulary entries as spelled.
-        let special = match t {
-            TOKEN_CONTROL => true,
-            TOKEN_USER_DEFINED => false,
-            _ => continue,
-        };
-        if !in_alphabet(token) || token.is_empty() {
-            continue;
-        }
-        added.push(json!({
-            "id": id, "content": token, "single_word": false, "lstrip": false,
-            "rstrip": false, "normalized": false, "special": special,
-        }));
-    }
-    let pre = file.opt_str("tokenizer.ggml.pre")?.unwrap_or("default");
-    let pre_tokenizer = match split_regex(pre) {
-        Some(regex) => json!({
-            "type": "Sequence",
-            "pretokenizers": [
-                {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
-                {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
-            ]
-        }),
-        None => {
-            json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true})
-        }
-    };
-    // BOS/EOS added by the post-processor when the file asks for them.
-    let special = |key: &str| -> Result<Option<(u32, String)>> {
-        Ok(file
-            .opt_u64(key)?
-            .and_then(|id| tokens.get(id as usize).map(|t| (id as u32, t.clone()))))
-    };
-    let add_bos = file
-        .opt_bool("tokenizer.ggml.add_bos_token")?
-        .unwrap_or(false);
-    let add_eos = file
-        .opt_bool("tokenizer.ggml.add_eos_token")?
-        .unwrap_or(false);
-    let bos = if add_bos {
-        special("tokenizer.ggml.bos_token_id")?
-    } else {
-        None
-    };
-    let eos = if add_eos {
-        special("tokenizer.ggml.eos_token_id")?
-    } else {
-        None
-    };
-    let post_processor = if bos.is_none() && eos.is_none() {
-        Value::Null
-    } else {
-        let piece = |(_, t): &(u32, String), type_id: u32| json!({"SpecialToken": {"id": t, "type_id": type_id}});
-        let seq = |id: &str, type_id: u32| json!({"Sequence": {"id": id, "type_id": type_id}});
-        let mut single = vec![];
-        let mut pair = vec![];
-        let mut specials = serde_json::Map::new();
-        if let Some(b) = &bos {
-            single.push(piece(b, 0));
-            pair.push(piece(b, 0));
-        }
-        single.push(seq("A", 0));
-        pair.push(seq("A", 0));
-        if let Some(e) = &eos {
-            single.push(piece(e, 0));
-            pair.push(piece(e, 0));
-        }
-        if let Some(b) = &bos {
-            pair.push(piece(b, 1));
-        }
-        pair.push(seq("B", 1));
-        if let Some(e) = &eos {
-            pair.push(piece(e, 1));
-        }
-        for (id, t) in bos.iter().chain(eos.iter()) {
-            specials.insert(t.clone(), json!({"id": t, "ids": [id], "tokens": [t]}));
-        }
-        json!({"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": specials})
-    };
+    let (tokens, merges, types) = token_arrays(file)?;
+    let alphabet: HashSet<char> = bytes_to_unicode().into_iter().collect();
+    let vocab = bpe_vocab(tokens, &alphabet);
+    let merge_pairs = merge_pairs(merges)?;
+    let added = added_tokens(tokens, &types, &alphabet);
+    let pre_tokenizer = pre_tokenizer(file)?;
+    let post_processor = post_processor(file, tokens)?;
     let out = json!({
         "version": "1.0",
         "truncation": null,
@@ -336,169 +222,169 @@ pub fn tokenizer_json(file: &GgufFile) -> Result<String> {
     Ok(serde_json::to_string(&out)?)
 }
 
-// ---- the other way: a Hugging Face tokenizer → tokenizer.ggml.* (for `expert quantize`) ----
-
-/// tokenizer.ggml.* and tokenizer.chat_template from a Hugging Face
-/// tokenizer.json / tokenizer_config.json, as llama.cpp's converter writes
-/// them (`get_vocab_base`, `SpecialVocab`). None without a tokenizer.json.
-pub fn tokenizer_metadata(
-    dir: &Path,
-    bos_token_id: Option<u32>,
-    eos_token_id: Option<u32>,
-    vocab_size: usize,
-) -> Result<Option<Vec<(String, MetaValue)>>> {
-    let path = dir.join("tokenizer.json");
-    if !path.is_file() {
-        return Ok(None);
-    }
-    let read = crate::formats::json::read_value;
-    let tj = read(&path)?;
-    let model = &tj["model"];
-    if model["type"].as_str() != Some("BPE") {
+/// `tokenizer.ggml.{tokens,merges,token_type}`; a file without token types
+/// has only normal tokens.
+fn token_arrays(file: &GgufFile) -> Result<(&[String], &[String], Vec<i64>)> {
+    let tokens = file
+        .get("tokenizer.ggml.tokens")
+        .and_then(|v| v.as_array())
+        .and_then(|a| a.strings())
+        .context("metadata `tokenizer.ggml.tokens`: missing or not an array of strings")?;
+    let merges = file
+        .get("tokenizer.ggml.merges")
+        .and_then(|v| v.as_array())
+        .and_then(|a| a.strings())
+        .context("metadata `tokenizer.ggml.merges`: missing or not an array of strings")?;
+    let types = match file.get("tokenizer.ggml.token_type") {
+        None => vec![TOKEN_NORMAL; tokens.len()],
+        Some(v) => v
+            .as_array()
+            .and_then(|a| a.ints())
+            .context("metadata `tokenizer.ggml.token_type`: expected an array of integers")?,
+    };
+    if types.len() != tokens.len() {
         bail!(
-            "{}: only byte-level BPE tokenizers can be written to GGUF",
-            path.display()
+            "metadata `tokenizer.ggml.token_type` has {} entries for {} tokens",
+            types.len(),
+            tokens.len()
         );
     }
-    let vocab = model["vocab"]
-        .as_object()
-        .with_context(|| format!("{}: model.vocab: expected an object", path.display()))?;
-    let mut by_id: BTreeMap<usize, String> = BTreeMap::new();
-    for (t, id) in vocab {
-        let id = id
-            .as_u64()
-            .with_context(|| format!("{}: vocab entry {t:?}: bad id", path.display()))?;
-        by_id.insert(id as usize, t.clone());
-    }
-    let mut added_special: BTreeMap<usize, bool> = BTreeMap::new();
-    for a in tj["added_tokens"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or(&[])
-    {
-        let (Some(id), Some(content)) = (a["id"].as_u64(), a["content"].as_str()) else {
-            continue;
-        };
-        by_id.insert(id as usize, content.to_string());
-        added_special.insert(id as usize, a["special"].as_bool().unwrap_or(false));
-    }
-    let n = vocab_size.max(by_id.keys().next_back().map_or(0, |m| m + 1));
-    let mut tokens = Vec::with_capacity(n);
-    let mut types = Vec::with_capacity(n);
-    for i in 0..n {
-        match by_id.get(&i) {
-            None => {
-                tokens.push(format!("[PAD{i}]"));
-                types.push(TOKEN_UNUSED as i32);
-            }
-            Some(t) => {
-                let ty = match added_special.get(&i) {
-                    None => TOKEN_NORMAL,
-                    Some(true) => TOKEN_CONTROL,
-                    // llama.cpp's does_token_look_special: `<|…|>` is control.
-                    Some(false) if t.starts_with("<|") && t.ends_with("|>") => TOKEN_CONTROL,
-                    Some(false) => TOKEN_USER_DEFINED,
-                };
-                tokens.push(t.clone());
-                types.push(ty as i32);
-            }
-        }
-    }
-    let merges: Vec<String> = model["merges"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or(&[])
-        .iter()
-        .map(|m| match m {
-            serde_json::Value::String(s) => Ok(s.clone()),
-            serde_json::Value::Array(p) if p.len() == 2 => Ok(format!(
-                "{} {}",
-                p[0].as_str().unwrap_or_default(),
-                p[1].as_str().unwrap_or_default()
-            )),
-            other => bail!(
-                "{}: merge {other}: expected \"a b\" or [a, b]",
-                path.display()
-            ),
-        })
-        .collect::<Result<_>>()?;
-    // The pre-tokenizer, by the split regex it uses.
-    let pre_json = tj["pre_tokenizer"].to_string();
-    let pre = if pre_json.contains(&serde_json::to_string(QWEN2_SPLIT)?) {
-        "qwen2"
-    } else if tj["pre_tokenizer"]["type"] == "ByteLevel" {
-        "gpt2"
-    } else {
-        bail!(
-            "{}: this pre-tokenizer has no llama.cpp name (expected Qwen2's split regex or GPT-2 byte-level)",
-            path.display()
-        );
-    };
-    let mut m = vec![
-        ("tokenizer.ggml.model".to_string(), gguf_str("gpt2")),
-        ("tokenizer.ggml.pre".into(), gguf_str(pre)),
-        (
-            "tokenizer.ggml.tokens".into(),
-            MetaValue::Array(MetaArray::String(tokens.clone())),
-        ),
-        (
-            "tokenizer.ggml.token_type".into(),
-            MetaValue::Array(MetaArray::I32(types)),
-        ),
-        (
-            "tokenizer.ggml.merges".into(),
-            MetaValue::Array(MetaArray::String(merges)),
-        ),
-    ];
-    // Special ids: tokenizer_config.json's strings, else config.json's ids.
-    let tc_path = dir.join("tokenizer_config.json");
-    let tc = if tc_path.is_file() {
-        read(&tc_path)?
-    } else {
-        serde_json::Value::Null
-    };
-    let id_of = |field: &str| -> Option<u32> {
-        let v = &tc[field];
-        let text = v.as_str().or_else(|| v["content"].as_str())?;
-        tokens.iter().position(|t| t == text).map(|i| i as u32)
-    };
-    let bos = id_of("bos_token").or(bos_token_id);
-    let eos = id_of("eos_token").or(eos_token_id);
-    for (key, id) in [
-        ("tokenizer.ggml.bos_token_id", bos),
-        ("tokenizer.ggml.eos_token_id", eos),
-        ("tokenizer.ggml.unknown_token_id", id_of("unk_token")),
-        ("tokenizer.ggml.padding_token_id", id_of("pad_token")),
-    ] {
-        if let Some(id) = id {
-            m.push((key.to_string(), MetaValue::U32(id)));
-        }
-    }
-    for (field, key) in [
-        ("add_bos_token", "tokenizer.ggml.add_bos_token"),
-        ("add_eos_token", "tokenizer.ggml.add_eos_token"),
-    ] {
-        if let Some(b) = tc[field].as_bool() {
-            m.push((key.to_string(), MetaValue::Bool(b)));
-        }
-    }
-    let jinja = dir.join("chat_template.jinja");
-    let template = if jinja.is_file() {
-        Some(
-            std::fs::read_to_string(&jinja)
-                .with_context(|| format!("cannot read {}", jinja.display()))?,
-        )
-    } else {
-        tc["chat_template"].as_str().map(str::to_string)
-    };
-    if let Some(t) = template {
-        m.push(("tokenizer.chat_template".into(), MetaValue::String(t)));
-    }
-    Ok(Some(m))
+    Ok((tokens, merges, types))
 }
 
-fn gguf_str(v: &str) -> MetaValue {
-    MetaValue::String(v.to_string())
+fn in_alphabet(alphabet: &HashSet<char>, token: &str) -> bool {
+    token.chars().all(|c| alphabet.contains(&c))
+}
+
+/// The BPE vocabulary: ids are positions; a token spelled outside the byte
+/// alphabet is re-spelled from its UTF-8 bytes.
+fn bpe_vocab(tokens: &[String], alphabet: &HashSet<char>) -> Map<String, Value> {
+    let spelling = bytes_to_unicode();
+    let mut vocab = Map::with_capacity(tokens.len());
+    for (id, token) in tokens.iter().enumerate() {
+        let spelled = if in_alphabet(alphabet, token) {
+            token.clone()
+        } else {
+            token.bytes().map(|b| spelling[b as usize]).collect()
+        };
+        vocab.insert(spelled, json!(id));
+    }
+    vocab
+}
+
+/// `"a b"` merges as tokenizer.json's `[a, b]` pairs.
+fn merge_pairs(merges: &[String]) -> Result<Vec<Value>> {
+    let mut merge_pairs = Vec::with_capacity(merges.len());
+    for (i, m) in merges.iter().enumerate() {
+        let (a, b) = m
+            .split_once(' ')
+            .with_context(|| format!("metadata `tokenizer.ggml.merges`: entry {i} {m:?} is not two tokens separated by a space"))?;
+        merge_pairs.push(json!([a, b]));
+    }
+    Ok(merge_pairs)
+}
+
+/// Control tokens as special added tokens, user-defined ones as plain added
+/// tokens.
+fn added_tokens(tokens: &[String], types: &[i64], alphabet: &HashSet<char>) -> Vec<Value> {
+    let mut added = vec![];
+    for (id, (token, &t)) in tokens.iter().zip(types).enumerate() {
+        // As transformers: a control token spelled outside the byte alphabet
+        // is a llama.cpp mislabel and is skipped; user-defined ones are added
+        // only when they are vocabulary entries as spelled.
+        let special = match t {
+            TOKEN_CONTROL => true,
+            TOKEN_USER_DEFINED => false,
+            _ => continue,
+        };
+        if !in_alphabet(alphabet, token) || token.is_empty() {
+            continue;
+        }
+        added.push(json!({
+            "id": id, "content": token, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": special,
+        }));
+    }
+    added
+}
+
+/// The pre-tokenizer named by `tokenizer.ggml.pre`: its split regex then
+/// byte-level, or GPT-2's byte-level regex alone.
+fn pre_tokenizer(file: &GgufFile) -> Result<Value> {
+    let pre = file.opt_str("tokenizer.ggml.pre")?.unwrap_or("default");
+    Ok(match split_regex(pre) {
+        Some(regex) => json!({
+            "type": "Sequence",
+            "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
+                {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
+            ]
+        }),
+        None => {
+            json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true})
+        }
+    })
+}
+
+/// BOS/EOS added by the post-processor when the file asks for them; null
+/// when it asks for neither.
+fn post_processor(file: &GgufFile, tokens: &[String]) -> Result<Value> {
+    let special = |key: &str| -> Result<Option<(u32, String)>> {
+        Ok(file
+            .opt_u64(key)?
+            .and_then(|id| tokens.get(id as usize).map(|t| (id as u32, t.clone()))))
+    };
+    let add_bos = file
+        .opt_bool("tokenizer.ggml.add_bos_token")?
+        .unwrap_or(false);
+    let add_eos = file
+        .opt_bool("tokenizer.ggml.add_eos_token")?
+        .unwrap_or(false);
+    let bos = if add_bos {
+        special("tokenizer.ggml.bos_token_id")?
+    } else {
+        None
+    };
+    let eos = if add_eos {
+        special("tokenizer.ggml.eos_token_id")?
+    } else {
+        None
+    };
+    Ok(if bos.is_none() && eos.is_none() {
+        Value::Null
+    } else {
+        template_processing(bos.as_ref(), eos.as_ref())
+    })
+}
+
+/// A `TemplateProcessing` wrapping single sequences and pairs in BOS/EOS.
+fn template_processing(bos: Option<&(u32, String)>, eos: Option<&(u32, String)>) -> Value {
+    let piece = |(_, t): &(u32, String), type_id: u32| json!({"SpecialToken": {"id": t, "type_id": type_id}});
+    let seq = |id: &str, type_id: u32| json!({"Sequence": {"id": id, "type_id": type_id}});
+    let mut single = vec![];
+    let mut pair = vec![];
+    let mut specials = Map::new();
+    if let Some(b) = bos {
+        single.push(piece(b, 0));
+        pair.push(piece(b, 0));
+    }
+    single.push(seq("A", 0));
+    pair.push(seq("A", 0));
+    if let Some(e) = eos {
+        single.push(piece(e, 0));
+        pair.push(piece(e, 0));
+    }
+    if let Some(b) = bos {
+        pair.push(piece(b, 1));
+    }
+    pair.push(seq("B", 1));
+    if let Some(e) = eos {
+        pair.push(piece(e, 1));
+    }
+    for (id, t) in bos.into_iter().chain(eos) {
+        specials.insert(t.clone(), json!({"id": t, "ids": [id], "tokens": [t]}));
+    }
+    json!({"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": specials})
 }
 
 #[cfg(test)]
