@@ -84,7 +84,7 @@ pub fn load(spec: &ModelSpec) -> Result<LoadedModel> {
     let tokenizer = Tokenizer::from_dir(&path)?;
     let gen_cfg = path.join("generation_config.json");
     let eos_ids = if gen_cfg.is_file() {
-        crate::sampling::eos_ids_from_generation_config(&gen_cfg)?
+        eos_ids_from_generation_config(&gen_cfg)?
     } else {
         vec![]
     };
@@ -96,6 +96,28 @@ pub fn load(spec: &ModelSpec) -> Result<LoadedModel> {
         chat_template: None,
         quant_report,
     })
+}
+
+/// `eos_token_id` from `generation_config.json`: an integer or a list of
+/// integers; empty when the field is missing or null.
+pub fn eos_ids_from_generation_config(path: &Path) -> Result<Vec<u32>> {
+    let map = crate::formats::json::read_object(path)?;
+    let bad = |v: &serde_json::Value| {
+        anyhow::anyhow!(
+            "{}: eos_token_id: expected a token id or a list of token ids, got {v}",
+            path.display()
+        )
+    };
+    let id = |v: &serde_json::Value| {
+        v.as_u64()
+            .and_then(|x| u32::try_from(x).ok())
+            .ok_or_else(|| bad(v))
+    };
+    match map.get("eos_token_id") {
+        None | Some(serde_json::Value::Null) => Ok(Vec::new()),
+        Some(serde_json::Value::Array(items)) => items.iter().map(id).collect(),
+        Some(v) => Ok(vec![id(v)?]),
+    }
 }
 
 fn or_config_eos(ids: Vec<u32>, config: &ModelConfig) -> Vec<u32> {

@@ -233,28 +233,6 @@ impl SamplingParams {
     }
 }
 
-/// `eos_token_id` from `generation_config.json`: an integer or a list of
-/// integers; empty when the field is missing or null.
-pub fn eos_ids_from_generation_config(path: &Path) -> Result<Vec<u32>> {
-    let map = crate::formats::json::read_object(path)?;
-    let bad = |v: &Value| {
-        anyhow!(
-            "{}: eos_token_id: expected a token id or a list of token ids, got {v}",
-            path.display()
-        )
-    };
-    let id = |v: &Value| {
-        v.as_u64()
-            .and_then(|x| u32::try_from(x).ok())
-            .ok_or_else(|| bad(v))
-    };
-    match map.get("eos_token_id") {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Array(items)) => items.iter().map(id).collect(),
-        Some(v) => Ok(vec![id(v)?]),
-    }
-}
-
 /// Applies the repetition and presence penalties to `logits` in place, over
 /// the distinct tokens among the last `repeat_last_n` of `history` (ids
 /// outside the vocabulary are ignored). Each token is penalised once, however

@@ -1,4 +1,5 @@
 use super::*;
+use crate::load::eos_ids_from_generation_config;
 use rand::{Rng, SeedableRng};
 
 fn qwen_dir() -> std::path::PathBuf {
