@@ -34,11 +34,29 @@ pub fn qmatmul_forward(
     if let QMatMul::QTensor(w) = q {
         let k = x.dim(candle_core::D::Minus1)?;
         let rows = x.elem_count() / k.max(1);
-        if x.device().is_cpu() && w.device().is_cpu() && rows >= DEQUANT_MIN_ROWS {
-            return dequantized_matmul(w, &x);
+        if x.device().is_cpu() && w.device().is_cpu() {
+            if rows >= DEQUANT_MIN_ROWS {
+                return dequantized_matmul(w, &x);
+            }
+            if w.dtype() == candle_core::quantized::GgmlDType::Q4_1 {
+                return q4_1_matmul(w, &x);
+            }
         }
     }
     q.forward(&x)
+}
+
+/// Decode rows on Q4_1 weights: `ops::q4_1` (bit-identical to candle's
+/// scalar kernel, SIMD where the CPU has it).
+fn q4_1_matmul(w: &QTensor, x: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, k) = w.shape().dims2()?;
+    let mut out_shape = x.dims().to_vec();
+    if let Some(last) = out_shape.last_mut() {
+        *last = n;
+    }
+    let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+    let y = super::q4_1::matmul(super::q4_1::Path::detect(), &w.data()?, n, k, &xs);
+    Tensor::from_vec(y, out_shape, &Device::Cpu)
 }
 
 fn dequantized_matmul(w: &QTensor, x: &Tensor) -> candle_core::Result<Tensor> {
