@@ -38,24 +38,24 @@ pub fn qmatmul_forward(
             if rows >= DEQUANT_MIN_ROWS {
                 return dequantized_matmul(w, &x);
             }
-            if w.dtype() == candle_core::quantized::GgmlDType::Q4_1 {
-                return q4_1_matmul(w, &x);
+            if let Some(kind) = super::qdot::Kind::of(w.dtype()) {
+                return qdot_matmul(kind, w, &x);
             }
         }
     }
     q.forward(&x)
 }
 
-/// Decode rows on Q4_1 weights: `ops::q4_1` (bit-identical to candle's
-/// scalar kernel, SIMD where the CPU has it).
-fn q4_1_matmul(w: &QTensor, x: &Tensor) -> candle_core::Result<Tensor> {
+/// Decode rows on Q4_1/Q5_0/Q5_1 weights: `ops::qdot` (bit-identical to
+/// candle's scalar kernels, SIMD where the CPU has it).
+fn qdot_matmul(kind: super::qdot::Kind, w: &QTensor, x: &Tensor) -> candle_core::Result<Tensor> {
     let (n, k) = w.shape().dims2()?;
     let mut out_shape = x.dims().to_vec();
     if let Some(last) = out_shape.last_mut() {
         *last = n;
     }
     let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
-    let y = super::q4_1::matmul(super::q4_1::Path::detect(), &w.data()?, n, k, &xs);
+    let y = super::qdot::matmul(super::qdot::Path::detect(), kind, &w.data()?, n, k, &xs);
     Tensor::from_vec(y, out_shape, &Device::Cpu)
 }
 

@@ -1,7 +1,7 @@
 //! Per-token compute: the kernels the model calls for every token.
 //!
 //! - `matmul`: projections (dense and quantized weights)
-//! - `q4_1`: our Q4_1 × f32 kernel for decode (AVX2 or scalar, chosen at run time)
+//! - `qdot`: our Q4_1/Q5_0/Q5_1 × f32 kernels for decode (AVX2 or scalar, chosen at run time)
 //! - `attention`: causal grouped-query attention over the KV cache
 //!
 //! Own SIMD kernels go here, behind the same functions, each tested against
@@ -9,4 +9,4 @@
 
 pub mod attention;
 pub mod matmul;
-pub mod q4_1;
+pub mod qdot;
