@@ -6,7 +6,7 @@
 
 use super::weights::{Weight, WeightSource};
 use candle_core::quantized::QMatMul;
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Result, Tensor};
 
 enum LinearWeight {
     Dense(candle_nn::Linear),
@@ -47,7 +47,7 @@ impl Linear {
     /// x (…, in) → (…, out), in x's dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
-            LinearWeight::Dense(l) => l.forward(x)?,
+            LinearWeight::Dense(l) => crate::ops::matmul::dense_forward(l, x)?,
             LinearWeight::Quantized(q) => {
                 // Quantized matmuls take f32 activations on CPU.
                 crate::ops::matmul::qmatmul_forward(q, x)?.to_dtype(x.dtype())?

@@ -1,6 +1,7 @@
-//! The matrix products of a projection: dense (candle's GEMM/GEMV) and
-//! quantized (candle's quantized kernels for one row, a float GEMM on the
-//! dequantized weight for prompts). Every projection of the model goes
+//! The matrix products of a projection: dense (our threaded GEMV for decode
+//! rows on f32, candle's GEMM otherwise) and quantized (our `qdot` kernels or
+//! candle's for decode rows, a float GEMM on the dequantized weight for
+//! prompts). Every projection of the model goes
 //! through [`crate::model::linear::Linear`], which calls these: this is the
 //! one place a faster kernel plugs in.
 
@@ -22,6 +23,33 @@ pub const DEQUANT_MIN_ROWS: usize = 16;
 /// Largest weight block dequantized at once (f32 elements): big output
 /// projections are dequantized in chunks of rows.
 const DEQUANT_CHUNK: usize = 1 << 24;
+
+/// A dense projection's forward pass: x (…, in) → (…, out), in x's dtype.
+/// Decode rows on an f32 CPU weight use `ops::gemv` (threaded); the rest
+/// candle's matmul.
+pub fn dense_forward(l: &candle_nn::Linear, x: &Tensor) -> candle_core::Result<Tensor> {
+    use candle_core::{CpuStorage, Module, Storage};
+    let w = l.weight();
+    let (n, k) = w.dims2()?;
+    let rows = x.elem_count() / k.max(1);
+    let f32_cpu = x.device().is_cpu() && w.dtype() == DType::F32 && x.dtype() == DType::F32;
+    if f32_cpu && rows < DEQUANT_MIN_ROWS && l.bias().is_none() {
+        let (storage, layout) = w.storage_and_layout();
+        if let (Storage::Cpu(CpuStorage::F32(data)), Some((a, b))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            let mut out_shape = x.dims().to_vec();
+            if let Some(last) = out_shape.last_mut() {
+                *last = n;
+            }
+            let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+            let path = super::gemv::Path::detect();
+            let y = super::gemv::matmul(path, &data[a..b], n, k, &xs);
+            return Tensor::from_vec(y, out_shape, &Device::Cpu);
+        }
+    }
+    l.forward(x)
+}
 
 /// A quantized projection's forward pass: x (…, in) f32 → (…, out) f32.
 pub fn qmatmul_forward(
