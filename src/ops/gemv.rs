@@ -76,30 +76,13 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     total
 }
 
-/// An output row, written by the pool's workers at disjoint indices.
-struct OutRow(*mut f32);
-// SAFETY: workers write disjoint elements (see `matmul`).
-unsafe impl Sync for OutRow {}
-impl OutRow {
-    fn at(&self, i: usize) -> *mut f32 {
-        self.0.wrapping_add(i)
-    }
-}
-
 /// y = x·Wᵀ for `x` (m, k) and `w` (n, k), both row-major f32; returns (m, n).
 pub fn matmul(path: Path, w: &[f32], n: usize, k: usize, x: &[f32]) -> Vec<f32> {
     assert!(w.len() == n * k && k > 0 && x.len().is_multiple_of(k));
     let m = x.len() / k;
     let mut y = vec![0f32; m * n];
     for (xi, yi) in x.chunks_exact(k).zip(y.chunks_exact_mut(n)) {
-        let out = OutRow(yi.as_mut_ptr());
-        candle_core::utils::barrier_pool().execute_chunked(n, |rows| {
-            for r in rows {
-                let v = path.dot(&w[r * k..(r + 1) * k], xi);
-                // SAFETY: r < n = yi.len(); each row goes to exactly one worker.
-                unsafe { *out.at(r) = v };
-            }
-        });
+        super::fill_rows(yi, |r| path.dot(&w[r * k..(r + 1) * k], xi));
     }
     y
 }
@@ -108,18 +91,6 @@ pub fn matmul(path: Path, w: &[f32], n: usize, k: usize, x: &[f32]) -> Vec<f32> 
 mod tests {
     use super::*;
     use candle_core::{Device, Tensor};
-
-    fn random(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     /// Both paths agree with candle's f32 matmul within 1e-6 × Σ|w·x| per
     /// output, on odd shapes (576, 1024, 3072 rows; k not a multiple of 32).
@@ -132,8 +103,8 @@ mod tests {
             (49152, 64, 1),
             (7, 45, 5),
         ] {
-            let w = random(n * k, n as u64);
-            let x = random(m * k, k as u64 + 3);
+            let w = crate::ops::test_values(n * k, n as u64);
+            let x = crate::ops::test_values(m * k, k as u64 + 3);
             let wt = Tensor::from_slice(&w, (n, k), &Device::Cpu).unwrap();
             let xt = Tensor::from_slice(&x, (m, k), &Device::Cpu).unwrap();
             let reference: Vec<f32> = xt

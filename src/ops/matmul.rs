@@ -38,14 +38,8 @@ pub fn dense_forward(l: &candle_nn::Linear, x: &Tensor) -> candle_core::Result<T
         if let (Storage::Cpu(CpuStorage::F32(data)), Some((a, b))) =
             (&*storage, layout.contiguous_offsets())
         {
-            let mut out_shape = x.dims().to_vec();
-            if let Some(last) = out_shape.last_mut() {
-                *last = n;
-            }
-            let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
             let path = super::gemv::Path::detect();
-            let y = super::gemv::matmul(path, &data[a..b], n, k, &xs);
-            return Tensor::from_vec(y, out_shape, &Device::Cpu);
+            return on_rows(x, n, |xs| super::gemv::matmul(path, &data[a..b], n, k, xs));
         }
     }
     l.forward(x)
@@ -78,13 +72,22 @@ pub fn qmatmul_forward(
 /// candle's scalar kernels, SIMD where the CPU has it).
 fn qdot_matmul(kind: super::qdot::Kind, w: &QTensor, x: &Tensor) -> candle_core::Result<Tensor> {
     let (n, k) = w.shape().dims2()?;
+    let (path, data) = (super::qdot::Path::detect(), w.data()?);
+    on_rows(x, n, |xs| super::qdot::matmul(path, kind, &data, n, k, xs))
+}
+
+/// Runs one of our kernels on x's rows: x (…, k) f32 on the CPU → (…, n).
+fn on_rows(
+    x: &Tensor,
+    n: usize,
+    kernel: impl FnOnce(&[f32]) -> Vec<f32>,
+) -> candle_core::Result<Tensor> {
     let mut out_shape = x.dims().to_vec();
     if let Some(last) = out_shape.last_mut() {
         *last = n;
     }
     let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
-    let y = super::qdot::matmul(super::qdot::Path::detect(), kind, &w.data()?, n, k, &xs);
-    Tensor::from_vec(y, out_shape, &Device::Cpu)
+    Tensor::from_vec(kernel(&xs), out_shape, &Device::Cpu)
 }
 
 fn dequantized_matmul(w: &QTensor, x: &Tensor) -> candle_core::Result<Tensor> {

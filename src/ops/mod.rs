@@ -12,3 +12,36 @@ pub mod attention;
 pub mod gemv;
 pub mod matmul;
 pub mod qdot;
+
+/// Sets `out[r] = f(r)` for every index, with the rows spread over candle's
+/// persistent barrier pool: the threads candle's own kernels use, so ours
+/// never spin against a second pool.
+pub(crate) fn fill_rows(out: &mut [f32], f: impl Fn(usize) -> f32 + Sync) {
+    /// The output, written by the pool's workers at disjoint indices.
+    struct Out(*mut f32);
+    // SAFETY: each index is handed to exactly one worker (execute_chunked
+    // splits 0..len into disjoint ranges), so no two writes alias.
+    unsafe impl Sync for Out {}
+    let (len, out) = (out.len(), Out(out.as_mut_ptr()));
+    candle_core::utils::barrier_pool().execute_chunked(len, |rows| {
+        let out = &out;
+        for r in rows {
+            // SAFETY: r < len, and r is written by this worker only.
+            unsafe { *out.0.add(r) = f(r) };
+        }
+    });
+}
+
+/// Deterministic values in [-1, 1) for the kernels' tests.
+#[cfg(test)]
+pub(crate) fn test_values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}

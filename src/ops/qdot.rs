@@ -260,16 +260,6 @@ impl Path {
     }
 }
 
-/// A row of the output, written by the pool's workers at disjoint indices.
-struct OutRow(*mut f32);
-// SAFETY: workers write disjoint elements (see `matmul`).
-unsafe impl Sync for OutRow {}
-impl OutRow {
-    fn at(&self, i: usize) -> *mut f32 {
-        self.0.wrapping_add(i)
-    }
-}
-
 /// y = x·Wᵀ for `x` (m, k) row-major f32 and `w` the raw bytes of an (n, k)
 /// weight of `kind`; returns (m, n) row-major.
 pub fn matmul(path: Path, kind: Kind, w: &[u8], n: usize, k: usize, x: &[f32]) -> Vec<f32> {
@@ -282,14 +272,8 @@ pub fn matmul(path: Path, kind: Kind, w: &[u8], n: usize, k: usize, x: &[f32]) -
     for (xi, yi) in x.chunks_exact(k).zip(y.chunks_exact_mut(n)) {
         quantize_row(xi, &mut xq);
         let xq = &xq;
-        let out = OutRow(yi.as_mut_ptr());
-        candle_core::utils::barrier_pool().execute_chunked(n, |rows| {
-            for r in rows {
-                let v = path.row_dot(kind, &w[r * row_bytes..(r + 1) * row_bytes], xq);
-                // SAFETY: r < n = yi.len(), and each row index is handed to exactly
-                // one worker, so no two writes alias.
-                unsafe { *out.at(r) = v };
-            }
+        super::fill_rows(yi, |r| {
+            path.row_dot(kind, &w[r * row_bytes..(r + 1) * row_bytes], xq)
         });
     }
     y
@@ -300,18 +284,6 @@ mod tests {
     use super::*;
     use candle_core::quantized::{QMatMul, QTensor};
     use candle_core::{Device, Module, Tensor};
-
-    fn random(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     fn values(t: &Tensor) -> Vec<f32> {
         t.flatten_all().unwrap().to_vec1().unwrap()
@@ -332,9 +304,14 @@ mod tests {
                 (576, 1536, 2),
                 (49152, 64, 1),
             ] {
-                let wf = Tensor::from_vec(random(n * k, n as u64), (n, k), &Device::Cpu).unwrap();
+                let wf = Tensor::from_vec(
+                    crate::ops::test_values(n * k, n as u64),
+                    (n, k),
+                    &Device::Cpu,
+                )
+                .unwrap();
                 let q = QTensor::quantize(&wf, t).unwrap();
-                let x = random(m * k, k as u64 + 7);
+                let x = crate::ops::test_values(m * k, k as u64 + 7);
                 let xt = Tensor::from_slice(&x, (m, k), &Device::Cpu).unwrap();
                 let qmm = QMatMul::from_qtensor(QTensor::quantize(&wf, t).unwrap()).unwrap();
                 let candle = values(&qmm.forward(&xt).unwrap());
@@ -361,13 +338,13 @@ mod tests {
         let path = Path::detect();
         let mut seed = 1u64;
         for i in 0..3000 {
-            let bytes: Vec<u8> = random(16, seed)
+            let bytes: Vec<u8> = crate::ops::test_values(16, seed)
                 .iter()
                 .map(|v| (v * 127.0 + 128.0) as u8)
                 .collect();
-            let qh = (random(1, seed + 5)[0].to_bits()).rotate_left(i % 32);
+            let qh = (crate::ops::test_values(1, seed + 5)[0].to_bits()).rotate_left(i % 32);
             let mut x = [0i8; QK];
-            for (xi, v) in x.iter_mut().zip(random(QK, seed + 1)) {
+            for (xi, v) in x.iter_mut().zip(crate::ops::test_values(QK, seed + 1)) {
                 *xi = (v * 127.0) as i8;
             }
             for h in [None, Some(qh)] {
