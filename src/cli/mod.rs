@@ -5,9 +5,10 @@ pub mod chat;
 pub mod inspect;
 pub mod perplexity;
 pub mod quantize;
+pub mod sysinfo;
 
 use crate::load::{LoadedModel, ModelSpec};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -56,9 +57,25 @@ pub struct ModelArgs {
     /// q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k or q6_k (embedding and norms stay float).
     #[arg(long, value_name = "TYPE")]
     pub quantize: Option<String>,
+    /// Threads for the per-token work (default: the number of physical
+    /// cores). `expert bench` also takes a comma list (`-t 1,2`).
+    #[arg(long, value_name = "N", value_delimiter = ',')]
+    pub threads: Vec<usize>,
 }
 
 impl ModelArgs {
+    /// The one `--threads` value of a command that is not `bench`.
+    pub fn single_threads(&self) -> anyhow::Result<Option<usize>> {
+        match self.threads.as_slice() {
+            [] => Ok(None),
+            [0, ..] => anyhow::bail!("--threads: expected a positive number of threads, got 0"),
+            [n] => Ok(Some(*n)),
+            _ => {
+                anyhow::bail!("--threads: expected one number here (lists are for `expert bench`)")
+            }
+        }
+    }
+
     /// What to load: the flags parsed and checked before any weight is read.
     pub fn spec(&self) -> anyhow::Result<ModelSpec> {
         let device = crate::load::select_device(&self.device)?;
@@ -108,14 +125,15 @@ impl ModelArgs {
 /// Runs the CLI and returns the process exit code. Every error is printed as
 /// a single `error:` line.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Chat(a) => chat::run(a),
-        Command::Perplexity(a) => perplexity::run(a),
-        Command::Inspect(a) => inspect::run(a),
-        Command::Bench(a) => bench::run(a),
-        Command::Quantize(a) => quantize::run(a),
+    // `bench` takes llama-bench's `-t` for its thread list; elsewhere `-t`
+    // is --temperature (chat) or --type (quantize).
+    let command =
+        Cli::command().mut_subcommand("bench", |c| c.mut_arg("threads", |a| a.short('t')));
+    let cli = match Cli::from_arg_matches(&command.get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
     };
+    let result = set_threads(&cli.command).and_then(|()| run(cli.command));
     match result {
         Ok(()) => 0,
         Err(e) => {
@@ -123,5 +141,28 @@ pub fn main() -> i32 {
             eprintln!("error: {msg}");
             1
         }
+    }
+}
+
+/// Sizes the thread pools from `--threads` before any model work starts.
+fn set_threads(command: &Command) -> anyhow::Result<()> {
+    let threads = match command {
+        Command::Chat(a) => a.model.single_threads()?,
+        Command::Perplexity(a) => a.model.single_threads()?,
+        Command::Inspect(a) => a.model.single_threads()?,
+        Command::Bench(a) => bench::process_threads(a)?,
+        Command::Quantize(a) => a.threads.filter(|&n| n > 0),
+    };
+    crate::ops::set_threads(threads);
+    Ok(())
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Chat(a) => chat::run(a),
+        Command::Perplexity(a) => perplexity::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Quantize(a) => quantize::run(a),
     }
 }

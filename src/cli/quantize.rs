@@ -23,6 +23,9 @@ pub struct QuantizeArgs {
     /// Use only the local Hugging Face cache.
     #[arg(long)]
     pub offline: bool,
+    /// Threads (default: the number of physical cores).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
 }
 
 pub fn run(args: QuantizeArgs) -> Result<()> {

@@ -303,6 +303,10 @@ impl WeightSource for GgufSource<'_> {
         Ok(q.dequantize(&self.device)?.to_dtype(self.dtype)?)
     }
 
+    fn embedding(&self, name: &str, shape: &[usize]) -> Result<Weight> {
+        self.weight(name, shape)
+    }
+
     fn weight(&self, name: &str, shape: &[usize]) -> Result<Weight> {
         if self.dequantize {
             return Ok(Weight::Dense(self.tensor(name, shape)?));
@@ -314,10 +318,8 @@ impl WeightSource for GgufSource<'_> {
 
     fn contains(&self, name: &str) -> bool {
         if name == "lm_head.weight" {
-            // Tied (no output.weight): the model multiplies by the float
-            // embedding it already holds, as transformers does; no quantized
-            // second copy (llama.cpp keeps the embedding quantized and uses
-            // that instead).
+            // Tied (no output.weight): the model multiplies by the embedding
+            // table it already holds, quantized as stored (as llama.cpp does).
             return self.file.has_tensor("output.weight");
         }
         gguf_name(name).is_some_and(|g| self.file.has_tensor(&g))

@@ -1,7 +1,9 @@
 //! Hugging Face safetensors checkpoints as a `WeightSource`.
 
 use crate::formats::safetensors::Checkpoint;
-use crate::model::weights::{natural_key, validate, TensorInfo, Validation, Weight, WeightSource};
+use crate::model::weights::{
+    held_dtype, natural_key, validate, TensorInfo, Validation, Weight, WeightSource,
+};
 use crate::model::ModelConfig;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -47,7 +49,8 @@ impl SafetensorsSource {
         validate(cfg, self.tensor_infos())
     }
 
-    fn load(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+    /// `name` in the compute dtype, or with `held`, as [`held_dtype`] keeps it.
+    fn load(&self, name: &str, shape: &[usize], held: bool) -> Result<Tensor> {
         let t = self
             .ckpt
             .st
@@ -60,17 +63,26 @@ impl SafetensorsSource {
                 t.dims()
             );
         }
-        Ok(t.to_dtype(self.dtype)?)
+        let dtype = if held {
+            held_dtype(t.dtype(), self.dtype, &self.device)
+        } else {
+            self.dtype
+        };
+        Ok(t.to_dtype(dtype)?)
     }
 }
 
 impl WeightSource for SafetensorsSource {
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        self.load(name, shape)
+        self.load(name, shape, false)
     }
 
     fn weight(&self, name: &str, shape: &[usize]) -> Result<Weight> {
-        Ok(Weight::Dense(self.load(name, shape)?))
+        Ok(Weight::Dense(self.load(name, shape, true)?))
+    }
+
+    fn embedding(&self, name: &str, shape: &[usize]) -> Result<Weight> {
+        self.weight(name, shape)
     }
 
     fn contains(&self, name: &str) -> bool {

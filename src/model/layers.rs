@@ -6,8 +6,66 @@ use super::config::ModelConfig;
 use super::kv_cache::LayerKv;
 use super::linear::Linear;
 use super::rope::RopeTables;
-use super::weights::WeightSource;
-use candle_core::{Result, Tensor};
+use super::weights::{Weight, WeightSource};
+use candle_core::quantized::{ggml_file, QTensor};
+use candle_core::{Module, Result, Tensor};
+
+/// The token embedding table, held as its source gives it: float (f32,
+/// bf16, f16) or quantized (a GGUF's table, whose rows are dequantized as
+/// they are looked up, so no float copy of the whole table is made).
+pub enum Embedding {
+    Dense(Tensor),
+    Quantized(std::sync::Arc<QTensor>),
+}
+
+impl Embedding {
+    pub fn new(w: Weight) -> Self {
+        match w {
+            Weight::Dense(t) => Embedding::Dense(t),
+            Weight::Quantized(q) => Embedding::Quantized(std::sync::Arc::new(q)),
+        }
+    }
+
+    /// The same matrix as a tied lm_head (shared, not copied).
+    pub fn as_linear(&self) -> Result<Linear> {
+        match self {
+            Embedding::Dense(t) => Linear::new(Weight::Dense(t.clone()), None),
+            Embedding::Quantized(q) => Linear::shared_quantized(q.clone()),
+        }
+    }
+
+    /// ids (…) → (…, hidden), in the dtype the table is held in (f32 for a
+    /// quantized one).
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        match self {
+            Embedding::Dense(t) => {
+                let h = t.dim(1)?;
+                candle_nn::Embedding::new(t.clone(), h).forward(ids)
+            }
+            Embedding::Quantized(q) => {
+                let (_, h) = q.shape().dims2()?;
+                let t = q.dtype();
+                let row_bytes = h / t.block_size() * t.type_size();
+                let data = q.data()?;
+                let ids_v = ids.flatten_all()?.to_vec1::<u32>()?;
+                let rows = ids_v
+                    .iter()
+                    .map(|&id| {
+                        let start = id as usize * row_bytes;
+                        let bytes = data.get(start..start + row_bytes).ok_or_else(|| {
+                            candle_core::Error::Msg(format!("token id {id} outside the embedding"))
+                        })?;
+                        ggml_file::qtensor_from_ggml(t, bytes, vec![1, h], &q.device())?
+                            .dequantize(&q.device())
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let mut shape = ids.dims().to_vec();
+                shape.push(h);
+                Tensor::cat(&rows, 0)?.reshape(shape)
+            }
+        }
+    }
+}
 
 pub struct RmsNorm {
     weight: Tensor,

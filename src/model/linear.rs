@@ -27,6 +27,15 @@ impl Linear {
         Ok(Self { weight, bias })
     }
 
+    /// A quantized weight shared with another user (a tied lm_head and the
+    /// embedding table it is).
+    pub fn shared_quantized(q: std::sync::Arc<candle_core::quantized::QTensor>) -> Result<Self> {
+        Ok(Self {
+            weight: LinearWeight::Quantized(QMatMul::from_arc(q)?),
+            bias: None,
+        })
+    }
+
     /// Loads `{name}.weight` (out, inp) and, with `bias`, `{name}.bias`.
     pub fn load(
         src: &dyn WeightSource,
@@ -42,6 +51,29 @@ impl Linear {
             None
         };
         Ok(Self::new(w, b)?)
+    }
+
+    /// Like [`Self::forward`] for one f32 row, with the largest outputs of a
+    /// quantized weight recomputed exactly (`ops::matmul::refine_top`): the
+    /// lm_head's logits. (1, in) → (1, out) f32.
+    pub fn forward_refined(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.forward(x)?;
+        let LinearWeight::Quantized(QMatMul::QTensor(w)) = &self.weight else {
+            return Ok(y);
+        };
+        if self.bias.is_some() || x.dim(0)? != 1 || !x.device().is_cpu() {
+            return Ok(y);
+        }
+        let xs: Vec<f32> = x
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        let mut ys: Vec<f32> = y
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        crate::ops::matmul::refine_top(w, &xs, &mut ys)?;
+        Tensor::from_vec(ys, y.dims(), y.device())
     }
 
     /// x (…, in) → (…, out), in x's dtype.

@@ -8,16 +8,16 @@
 
 use super::config::ModelConfig;
 use super::kv_cache::KvCache;
-use super::layers::{DecoderLayer, RmsNorm};
+use super::layers::{DecoderLayer, Embedding, RmsNorm};
 use super::linear::Linear;
 use super::rope::Rope;
-use super::weights::{Weight, WeightSource};
+use super::weights::WeightSource;
 use anyhow::{bail, Result};
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 pub struct Model {
     pub config: ModelConfig,
-    embed_tokens: candle_nn::Embedding,
+    embed_tokens: Embedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     lm_head: Linear,
@@ -36,17 +36,18 @@ impl Model {
         device: &Device,
     ) -> Result<Self> {
         let (v, h) = (config.vocab_size, config.hidden_size);
-        let embedding = src.tensor("model.embed_tokens.weight", &[v, h])?;
+        let embedding = Embedding::new(src.embedding("model.embed_tokens.weight", &[v, h])?);
         let layers = (0..config.num_hidden_layers)
             .map(|i| DecoderLayer::load(src, i, &config))
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::load(src, "model.norm", h, config.rms_norm_eps)?;
         // A stored lm_head is used even when tied (some checkpoints store the
-        // copy); otherwise a tied model shares the embedding matrix (no copy).
+        // copy); otherwise a tied model shares the embedding matrix (no copy),
+        // as it is held: float, bf16 or quantized.
         let lm_head = if src.contains("lm_head.weight") || !config.tie_word_embeddings {
             Linear::load(src, "lm_head", v, h, false)?
         } else {
-            Linear::new(Weight::Dense(embedding.clone()), None)?
+            embedding.as_linear()?
         };
         let rope = Rope::new(
             &config.rope,
@@ -55,7 +56,7 @@ impl Model {
             device,
         )?;
         Ok(Self {
-            embed_tokens: candle_nn::Embedding::new(embedding, h),
+            embed_tokens: embedding,
             layers,
             norm,
             lm_head,
@@ -108,7 +109,7 @@ impl Model {
         }
         // (1, L) ids → (1, L, hidden)
         let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
-        let mut x = self.embed_tokens.forward(&input)?;
+        let mut x = self.embed_tokens.forward(&input)?.to_dtype(self.dtype)?;
         let rope = self.rope.tables(start, ids.len(), self.dtype)?;
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(&x, &rope, cache.layer(i))?;
@@ -132,6 +133,7 @@ impl Model {
     pub fn forward_last(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
         let hidden = self.forward_hidden(ids, cache)?;
         let last = hidden.narrow(0, ids.len() - 1, 1)?;
-        Ok(self.logits(&last)?.squeeze(0)?)
+        let logits = self.lm_head.forward_refined(&last)?.to_dtype(DType::F32)?;
+        Ok(logits.squeeze(0)?)
     }
 }

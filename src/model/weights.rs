@@ -15,10 +15,25 @@ use std::collections::{BTreeMap, HashSet};
 
 /// A projection's weight matrix (out, in) as a source provides it.
 pub enum Weight {
-    /// Float, in the compute dtype.
+    /// Float: in the compute dtype, or bf16/f16 as stored (see [`held_dtype`]).
     Dense(Tensor),
     /// Kept quantized in memory.
     Quantized(QTensor),
+}
+
+/// The dtype a float weight of `stored` dtype is held in for `compute`.
+///
+/// On the CPU with f32 compute, bf16 and f16 weights stay as stored: our
+/// kernels (`ops::gemv`, `ops::matmul`) widen them to f32 as they read them,
+/// so the results are those of the f32 widening, with half the memory and
+/// half the bytes read per token. Everywhere else: the compute dtype.
+pub fn held_dtype(stored: DType, compute: DType, device: &candle_core::Device) -> DType {
+    let half = matches!(stored, DType::BF16 | DType::F16);
+    if device.is_cpu() && half && matches!(compute, DType::F32 | DType::BF16 | DType::F16) {
+        stored
+    } else {
+        compute
+    }
 }
 
 impl Weight {
@@ -37,8 +52,19 @@ impl Weight {
             GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1
         ) && (cols / q.dtype().block_size()) % 2 == 1;
         let float = matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
-        if float || odd_blocks {
-            Ok(Weight::Dense(q.dequantize(&q.device())?.to_dtype(dtype)?))
+        let device = q.device();
+        let held = match q.dtype() {
+            GgmlDType::BF16 => held_dtype(DType::BF16, dtype, &device),
+            GgmlDType::F16 => held_dtype(DType::F16, dtype, &device),
+            _ => dtype,
+        };
+        if float && held != dtype {
+            // Kept as stored: the raw bytes are the tensor.
+            let data = q.data()?;
+            let t = Tensor::from_raw_buffer(&data, held, q.shape().dims(), &device)?;
+            Ok(Weight::Dense(t))
+        } else if float || odd_blocks {
+            Ok(Weight::Dense(q.dequantize(&device)?.to_dtype(dtype)?))
         } else {
             Ok(Weight::Quantized(q))
         }
@@ -51,6 +77,13 @@ pub trait WeightSource {
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
     /// A projection's weight `name` (ending in `.weight`), shape (out, in).
     fn weight(&self, name: &str, shape: &[usize]) -> Result<Weight>;
+    /// The token embedding (vocab, hidden), held like a projection's weight
+    /// (bf16 stays bf16 on the CPU; a GGUF's quantized table stays
+    /// quantized): a tied lm_head multiplies by it. Default: float, in the
+    /// compute dtype.
+    fn embedding(&self, name: &str, shape: &[usize]) -> Result<Weight> {
+        Ok(Weight::Dense(self.tensor(name, shape)?))
+    }
     fn contains(&self, name: &str) -> bool;
 }
 

@@ -25,24 +25,48 @@ pub const DEQUANT_MIN_ROWS: usize = 16;
 const DEQUANT_CHUNK: usize = 1 << 24;
 
 /// A dense projection's forward pass: x (…, in) → (…, out), in x's dtype.
-/// Decode rows on an f32 CPU weight use `ops::gemv` (threaded); the rest
-/// candle's matmul.
+///
+/// On the CPU, decode rows use `ops::gemv` (threaded; f32, bf16 and f16
+/// weights). A bf16/f16 weight is held as stored and computed in f32: for
+/// prompts it is widened in chunks of rows for an f32 GEMM. Everything else
+/// is candle's matmul.
 pub fn dense_forward(l: &candle_nn::Linear, x: &Tensor) -> candle_core::Result<Tensor> {
+    use super::gemv::Rows;
     use candle_core::{CpuStorage, Module, Storage};
     let w = l.weight();
     let (n, k) = w.dims2()?;
     let rows = x.elem_count() / k.max(1);
-    let f32_cpu = x.device().is_cpu() && w.dtype() == DType::F32 && x.dtype() == DType::F32;
-    if f32_cpu && rows < DEQUANT_MIN_ROWS && l.bias().is_none() {
-        let (storage, layout) = w.storage_and_layout();
-        if let (Storage::Cpu(CpuStorage::F32(data)), Some((a, b))) =
-            (&*storage, layout.contiguous_offsets())
-        {
-            let path = super::gemv::Path::detect();
-            return on_rows(x, n, |xs| super::gemv::matmul(path, &data[a..b], n, k, xs));
-        }
+    let half = matches!(w.dtype(), DType::BF16 | DType::F16);
+    if !x.device().is_cpu() || !(half || (w.dtype() == DType::F32 && x.dtype() == DType::F32)) {
+        return l.forward(x);
     }
-    l.forward(x)
+    let x32 = x.to_dtype(DType::F32)?;
+    let y = if rows < DEQUANT_MIN_ROWS {
+        let (storage, layout) = w.storage_and_layout();
+        let Some((a, b)) = layout.contiguous_offsets() else {
+            drop(storage);
+            return l.forward(x);
+        };
+        let path = super::gemv::Path::detect();
+        let rows = match &*storage {
+            Storage::Cpu(CpuStorage::F32(d)) => Rows::F32(&d[a..b]),
+            Storage::Cpu(CpuStorage::BF16(d)) => Rows::Bf16(&d[a..b]),
+            Storage::Cpu(CpuStorage::F16(d)) => Rows::F16(&d[a..b]),
+            _ => candle_core::bail!("dense weight: unexpected storage {:?}", w.dtype()),
+        };
+        on_rows(&x32, n, |xs| super::gemv::matmul(path, rows, n, k, xs))?
+    } else if half {
+        chunked_matmul(&x32, n, k, |start, len| {
+            w.narrow(0, start, len)?.to_dtype(DType::F32)
+        })?
+    } else {
+        return l.forward(x);
+    };
+    let y = match l.bias() {
+        Some(b) => y.broadcast_add(&b.to_dtype(DType::F32)?)?,
+        None => y,
+    };
+    y.to_dtype(x.dtype())
 }
 
 /// A quantized projection's forward pass: x (…, in) f32 → (…, out) f32.
@@ -68,6 +92,43 @@ pub fn qmatmul_forward(
     q.forward(&x)
 }
 
+/// Output entries recomputed exactly by [`refine_top`].
+pub const REFINE_TOP: usize = 64;
+
+/// Recomputes the `REFINE_TOP` largest entries of `y` (one row of x·Wᵀ by
+/// a quantized kernel, whose activations were rounded to 8 bits) exactly: the
+/// weight rows dequantized, dotted with the f32 activations.
+///
+/// For a quantized tied lm_head this keeps the tokens that can win, and the
+/// margins between them, those of the dequantized model (what transformers
+/// computes), at the cost of 64 rows instead of 151,936: 8-bit activations
+/// alone move SmolLM2's logits by up to ~0.1, enough to flip a close first
+/// answer token (llama.cpp answers "L'Étoile…" where the float model says
+/// "The capital of France is Paris.").
+pub fn refine_top(w: &QTensor, x: &[f32], y: &mut [f32]) -> candle_core::Result<()> {
+    let (n, k) = w.shape().dims2()?;
+    if !w.device().is_cpu() || y.len() != n || x.len() != k {
+        return Ok(());
+    }
+    let t = w.dtype();
+    let row_bytes = k / t.block_size() * t.type_size();
+    let data = w.data()?;
+    let mut idx: Vec<u32> = (0..n as u32).collect();
+    let top = REFINE_TOP.min(n);
+    if top < n {
+        idx.select_nth_unstable_by(top - 1, |&a, &b| y[b as usize].total_cmp(&y[a as usize]));
+    }
+    for &r in &idx[..top] {
+        let r = r as usize;
+        let bytes = &data[r * row_bytes..(r + 1) * row_bytes];
+        let row: Vec<f32> = ggml_file::qtensor_from_ggml(t, bytes, vec![k], &Device::Cpu)?
+            .dequantize(&Device::Cpu)?
+            .to_vec1()?;
+        y[r] = row.iter().zip(x).map(|(w, x)| w * x).sum();
+    }
+    Ok(())
+}
+
 /// Decode rows on Q4_1/Q5_0/Q5_1 weights: `ops::qdot` (bit-identical to
 /// candle's scalar kernels, SIMD where the CPU has it).
 fn qdot_matmul(kind: super::qdot::Kind, w: &QTensor, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -90,27 +151,111 @@ fn on_rows(
     Tensor::from_vec(kernel(&xs), out_shape, &Device::Cpu)
 }
 
+/// Prompt rows on a quantized weight: an f32 GEMM on the weight dequantized
+/// in chunks of rows.
 fn dequantized_matmul(w: &QTensor, x: &Tensor) -> candle_core::Result<Tensor> {
     let (n, k) = w.shape().dims2()?;
+    if n * k <= DEQUANT_CHUNK {
+        let wf = w.dequantize(&Device::Cpu)?;
+        return chunked_matmul(x, n, k, |_, _| Ok(wf.clone()));
+    }
+    let t = w.dtype();
+    let row_bytes = k / t.block_size() * t.type_size();
+    let data = w.data()?;
+    chunked_matmul(x, n, k, |start, len| {
+        let bytes = &data[start * row_bytes..(start + len) * row_bytes];
+        ggml_file::qtensor_from_ggml(t, bytes, vec![len, k], &Device::Cpu)?.dequantize(&Device::Cpu)
+    })
+}
+
+/// x (…, k) f32 · Wᵀ → (…, n), with W given as f32 chunks of at most
+/// `DEQUANT_CHUNK` elements: `chunk(start, len)` is rows start..start+len.
+fn chunked_matmul(
+    x: &Tensor,
+    n: usize,
+    k: usize,
+    chunk: impl Fn(usize, usize) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Tensor> {
     let mut out_shape = x.dims().to_vec();
     let rows = x.elem_count() / k;
     *out_shape.last_mut().unwrap() = n;
     let x2 = x.reshape((rows, k))?.contiguous()?;
-    let y = if n * k <= DEQUANT_CHUNK {
-        x2.matmul(&w.dequantize(&Device::Cpu)?.t()?)?
+    let chunk_rows = if n * k <= DEQUANT_CHUNK {
+        n
     } else {
-        let t = w.dtype();
-        let row_bytes = k / t.block_size() * t.type_size();
-        let data = w.data()?;
-        let chunk_rows = (DEQUANT_CHUNK / k).max(1);
-        let mut parts = Vec::with_capacity(n.div_ceil(chunk_rows));
-        for start in (0..n).step_by(chunk_rows) {
-            let len = chunk_rows.min(n - start);
-            let bytes = &data[start * row_bytes..(start + len) * row_bytes];
-            let part = ggml_file::qtensor_from_ggml(t, bytes, vec![len, k], &Device::Cpu)?;
-            parts.push(x2.matmul(&part.dequantize(&Device::Cpu)?.t()?)?);
-        }
+        (DEQUANT_CHUNK / k).max(1)
+    };
+    let mut parts = Vec::with_capacity(n.div_ceil(chunk_rows));
+    for start in (0..n).step_by(chunk_rows) {
+        let len = chunk_rows.min(n - start);
+        parts.push(x2.matmul(&chunk(start, len)?.t()?)?);
+    }
+    let y = if parts.len() == 1 {
+        parts.pop().unwrap()
+    } else {
         Tensor::cat(&parts, 1)?
     };
     y.reshape(out_shape)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::GgmlDType;
+    use candle_core::Module;
+
+    /// After `refine_top`, the largest outputs equal the dequantized f32
+    /// product (within 1e-6 × Σ|w·x|), and so does the argmax, on Q8_0 and
+    /// Q6_K tables (the types of tied embeddings in llama.cpp's files).
+    #[test]
+    fn refined_top_equals_the_dequantized_product() {
+        for (t, n, k) in [(GgmlDType::Q8_0, 4099, 576), (GgmlDType::Q6K, 3001, 1024)] {
+            let wv = crate::ops::test_values(n * k, 11);
+            let x = crate::ops::test_values(k, 12);
+            let wf = Tensor::from_vec(wv, (n, k), &Device::Cpu).unwrap();
+            let q = QTensor::quantize(&wf, t).unwrap();
+            let deq: Vec<f32> = q
+                .dequantize(&Device::Cpu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let exact: Vec<f32> = (0..n)
+                .map(|r| {
+                    deq[r * k..(r + 1) * k]
+                        .iter()
+                        .zip(&x)
+                        .map(|(w, x)| w * x)
+                        .sum()
+                })
+                .collect();
+            let xt = Tensor::from_slice(&x, (1, k), &Device::Cpu).unwrap();
+            let mut y: Vec<f32> = candle_core::quantized::QMatMul::from_qtensor(q)
+                .unwrap()
+                .forward(&xt)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let q = QTensor::quantize(&wf, t).unwrap();
+            // The 8-bit activations do move the outputs.
+            assert!(y.iter().zip(&exact).any(|(a, b)| (a - b).abs() > 1e-4));
+            refine_top(&q, &x, &mut y).unwrap();
+            let mut order: Vec<usize> = (0..n).collect();
+            order.sort_by(|&a, &b| exact[b].total_cmp(&exact[a]));
+            for &r in &order[..REFINE_TOP / 2] {
+                let mag: f32 = (0..k).map(|j| (deq[r * k + j] * x[j]).abs()).sum();
+                assert!(
+                    (y[r] - exact[r]).abs() <= 1e-6 * mag,
+                    "{t:?} row {r}: {} vs {}",
+                    y[r],
+                    exact[r]
+                );
+            }
+            let argmax = |v: &[f32]| (0..n).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap();
+            assert_eq!(argmax(&y), argmax(&exact));
+        }
+    }
 }

@@ -13,6 +13,28 @@ pub mod gemv;
 pub mod matmul;
 pub mod qdot;
 
+/// Sets the number of threads for all per-token work: candle's barrier pool
+/// (which our kernels share) and its rayon pool. Both are created on first
+/// use and keep their size, so this runs before any model work; the CLI
+/// calls it first thing. `None` keeps candle's default, the number of
+/// physical cores (or `RAYON_NUM_THREADS`).
+pub fn set_threads(n: Option<usize>) {
+    if let Some(n) = n.filter(|&n| n > 0) {
+        // Single-threaded here: nothing has started a pool yet.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+    }
+}
+
+/// The number of threads per-token work runs on.
+pub fn threads() -> usize {
+    std::env::var("CANDLE_NUM_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or_else(candle_core::utils::get_num_threads)
+}
+
 /// Sets `out[r] = f(r)` for every index, with the rows spread over candle's
 /// persistent barrier pool: the threads candle's own kernels use, so ours
 /// never spin against a second pool.

@@ -1,0 +1,199 @@
+#!/usr/bin/env bash
+# expert and llama.cpp side by side, in one run, on the same files and
+# threads; writes BENCHMARKS.md. Not part of CI (about 30 minutes the first
+# time: it builds llama.cpp and makes the models; about 15 after that).
+#
+#   scripts/bench_peers.sh [-p 128] [-n 64] [-r 3] [-t THREADS] [-o BENCHMARKS.md] [--rows f32,q8_0,...]
+#
+# Everything it builds or makes lives in $EXPERT_PEER_DIR (default
+# ~/.cache/expert-peer):
+#   - llama.cpp's llama-bench and llama-quantize, built from the llama.cpp
+#     tree vendored in the llama-cpp-python 0.3.36 source distribution on PyPI
+#     (-DGGML_NATIVE=ON: compiled for this CPU);
+#   - a Python venv with torch, transformers and llama.cpp's gguf-py;
+#   - a random-weight checkpoint of the exact Qwen3-0.6B shape (bf16,
+#     scripts/make_bench_model.py) and its GGUFs made by llama.cpp's own
+#     converter (f32, bf16) and quantizer (q8_0, q4_0, q4_k_m);
+#   - SmolLM2-135M-Instruct Q4_1 (scripts/fetch_test_model.sh).
+# It measures the machine's read bandwidth (a 2 GiB array summed by every
+# thread), then runs `expert bench` and `llama-bench` back to back per row,
+# and writes the table with the ratios expert/llama.cpp and
+# expert/bandwidth ceiling (weight bytes read per decoded token ÷ bandwidth).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+P=128 N=64 R=3 T=$(lscpu -p=core 2>/dev/null | grep -v '^#' | sort -u | wc -l) OUT=BENCHMARKS.md ROWS=all
+[ "$T" -gt 0 ] || T=$(nproc)
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -p) P=$2; shift 2 ;; -n) N=$2; shift 2 ;; -r) R=$2; shift 2 ;; -t) T=$2; shift 2 ;;
+    -o) OUT=$2; shift 2 ;; --rows) ROWS=$2; shift 2 ;;
+    *) echo "error: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
+  esac
+done
+D=${EXPERT_PEER_DIR:-$HOME/.cache/expert-peer}
+mkdir -p "$D"
+log() { echo "[bench_peers $(date +%H:%M:%S)] $*" >&2; }
+
+# 1. llama.cpp from the PyPI source distribution.
+L=$D/llama_cpp_python-0.3.36/vendor/llama.cpp
+if [ ! -x "$D/build/bin/llama-bench" ] || [ ! -x "$D/build/bin/llama-quantize" ]; then
+  log "building llama.cpp (10-15 min on 2 cores)"
+  if [ ! -d "$L" ]; then
+    # Not --no-binary :all: — that builds cmake itself from source.
+    (cd "$D" && pip download -q --no-deps --no-binary llama-cpp-python llama-cpp-python==0.3.36 -d . \
+      && tar xzf llama_cpp_python-0.3.36.tar.gz)
+  fi
+  command -v cmake >/dev/null || apt-get install -y -q cmake >/dev/null
+  cmake -S "$L" -B "$D/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+    -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF >/dev/null
+  cmake --build "$D/build" -j"$(nproc)" --target llama-bench llama-quantize >/dev/null
+fi
+LB=$D/build/bin/llama-bench LQ=$D/build/bin/llama-quantize
+
+# 2. Python with torch, transformers and gguf-py (for the model and the converter).
+PY=$D/venv/bin/python
+if ! "$PY" -c "import torch, transformers, gguf" 2>/dev/null; then
+  log "making the Python venv (torch, transformers, gguf-py)"
+  python3 -m venv "$D/venv"
+  "$D/venv/bin/pip" install -q torch transformers safetensors numpy sentencepiece
+  "$D/venv/bin/pip" install -q -e "$L/gguf-py"
+fi
+
+# 3. The models.
+M=$D/qwen3-0.6b-random
+[ -f "$M/model.safetensors" ] || { log "making $M"; "$PY" scripts/make_bench_model.py --out "$M" >/dev/null; }
+for t in f32 bf16; do
+  [ -f "$D/qwen3-0.6b-$t.gguf" ] || { log "converting to $t"; "$PY" "$L/convert_hf_to_gguf.py" "$M" --outtype "$t" --outfile "$D/qwen3-0.6b-$t.gguf" >/dev/null 2>&1; }
+done
+for q in q8_0 q4_0 q4_k_m; do
+  [ -f "$D/qwen3-0.6b-$q.gguf" ] || { log "quantizing to $q"; "$LQ" "$D/qwen3-0.6b-f32.gguf" "$D/qwen3-0.6b-$q.gguf" "${q^^}" >/dev/null 2>&1; }
+done
+bash scripts/fetch_test_model.sh >/dev/null
+SMOL=${EXPERT_TEST_MODEL_DIR:-$HOME/.cache/expert-test-models}/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+
+# 4. expert itself.
+cargo build --release -q
+EXE=$root/target/release/expert
+
+# 5. Read bandwidth: every thread sums its share of a 2 GiB array.
+BW=$D/bandwidth
+if [ ! -x "$BW" ]; then
+  cat > "$D/bandwidth.c" <<'EOF'
+#include <stdio.h>
+#include <stdlib.h>
+#include <omp.h>
+#include <immintrin.h>
+int main(void) {
+  size_t n = (size_t)1 << 29; /* floats: 2 GiB */
+  float *a = aligned_alloc(64, n * sizeof(float));
+  #pragma omp parallel for
+  for (size_t i = 0; i < n; i++) a[i] = (float)(i & 7);
+  double best = 0; float sink = 0;
+  for (int rep = 0; rep < 5; rep++) {
+    double t0 = omp_get_wtime(); float total = 0;
+    #pragma omp parallel for reduction(+:total)
+    for (size_t i = 0; i < n; i += 32) {
+      __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_load_ps(a + i), _mm256_load_ps(a + i + 8)),
+                               _mm256_add_ps(_mm256_load_ps(a + i + 16), _mm256_load_ps(a + i + 24)));
+      float v[8]; _mm256_storeu_ps(v, s); total += v[0] + v[7];
+    }
+    double gbs = n * sizeof(float) / (omp_get_wtime() - t0) / 1e9;
+    if (gbs > best) best = gbs; sink += total;
+  }
+  printf("%.2f\n", best); return sink == 12345.0f;
+}
+EOF
+  gcc -O2 -mavx2 -fopenmp "$D/bandwidth.c" -o "$BW"
+fi
+GBS=$(OMP_NUM_THREADS=$T "$BW")
+log "read bandwidth $GBS GB/s with $T threads"
+
+# 6. The rows: label | expert's model | expert's flags | llama.cpp's file.
+rows=(
+  "f32|$D/qwen3-0.6b-f32.gguf||$D/qwen3-0.6b-f32.gguf"
+  "bf16|$D/qwen3-0.6b-bf16.gguf||$D/qwen3-0.6b-bf16.gguf"
+  "bf16 checkpoint (safetensors)|$M||$D/qwen3-0.6b-bf16.gguf"
+  "q8_0|$D/qwen3-0.6b-q8_0.gguf||$D/qwen3-0.6b-q8_0.gguf"
+  "q4_0|$D/qwen3-0.6b-q4_0.gguf||$D/qwen3-0.6b-q4_0.gguf"
+  "q4_k_m|$D/qwen3-0.6b-q4_k_m.gguf||$D/qwen3-0.6b-q4_k_m.gguf"
+  "SmolLM2-135M-Instruct Q4_1|$SMOL||$SMOL"
+)
+RES=$D/results-$(date +%Y%m%d-%H%M%S)
+mkdir -p "$RES"
+i=0
+for row in "${rows[@]}"; do
+  IFS='|' read -r label model flags gguf <<<"$row"
+  i=$((i + 1))
+  key=$(echo "$label" | cut -d' ' -f1)
+  if [ "$ROWS" != all ] && [[ ",$ROWS," != *",$key,"* ]]; then continue; fi
+  log "$label: expert"
+  # shellcheck disable=SC2086
+  "$EXE" bench -m "$model" $flags -p "$P" -n "$N" -r "$R" -t "$T" --json > "$RES/$i-expert.json"
+  log "$label: llama.cpp"
+  "$LB" -m "$gguf" -p "$P" -n "$N" -r "$R" -t "$T" -o json > "$RES/$i-llama.json" 2>/dev/null
+  echo "$label" > "$RES/$i-label"
+  echo "$gguf" > "$RES/$i-gguf"
+done
+
+# 7. The table.
+"$PY" - "$RES" "$GBS" "$T" "$P" "$N" "$R" "$OUT" "$(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo '+dirty')" <<'EOF'
+import json, os, sys, datetime, glob
+res, gbs, threads, p, n, r, out, commit = sys.argv[1:9]
+gbs = float(gbs)
+import gguf
+
+def bytes_per_token(path):
+    """Weight bytes read per decoded token: every tensor but the embedding
+    table, which is read whole only when it doubles as the output layer."""
+    rd = gguf.GGUFReader(path)
+    names = {t.name for t in rd.tensors}
+    total = 0
+    for t in rd.tensors:
+        if t.name == "token_embd.weight" and "output.weight" in names:
+            continue
+        total += int(t.n_bytes)
+    return total
+
+lines = []
+cpu = None
+for lab in sorted(glob.glob(os.path.join(res, "*-label")), key=lambda f: int(os.path.basename(f).split("-")[0])):
+    i = os.path.basename(lab).split("-")[0]
+    label = open(lab).read().strip()
+    gguf_path = open(os.path.join(res, f"{i}-gguf")).read().strip()
+    ex = json.load(open(os.path.join(res, f"{i}-expert.json")))
+    ll = json.load(open(os.path.join(res, f"{i}-llama.json")))
+    cpu = cpu or ex[0]["cpu"]
+    e_pp = next(t for t in ex if t["prefill_tok_s"] is not None)
+    e_tg = next(t for t in ex if t["decode_tok_s"] is not None)
+    l_pp = next(t for t in ll if t["n_prompt"] > 0 and t["n_gen"] == 0)
+    l_tg = next(t for t in ll if t["n_gen"] > 0 and t["n_prompt"] == 0)
+    bpt = bytes_per_token(gguf_path)
+    ceiling = gbs * 1e9 / bpt
+    f = lambda v, s: f"{v:.1f} ± {s:.1f}"
+    lines.append(
+        f"| {label} | {e_tg['format']} | {f(l_pp['avg_ts'], l_pp['stddev_ts'])} | {f(l_tg['avg_ts'], l_tg['stddev_ts'])} "
+        f"| {f(e_pp['prefill_tok_s'], e_pp['prefill_tok_s_stddev'])} | {f(e_tg['decode_tok_s'], e_tg['decode_tok_s_stddev'])} "
+        f"| **{e_pp['prefill_tok_s'] / l_pp['avg_ts']:.2f}** / **{e_tg['decode_tok_s'] / l_tg['avg_ts']:.2f}** "
+        f"| {bpt / 1e6:.0f} MB → {ceiling:.1f} | {e_tg['decode_tok_s'] / ceiling:.0%} / {l_tg['avg_ts'] / ceiling:.0%} "
+        f"| {e_tg['load_s']:.2f} s, {e_tg['peak_rss_bytes'] / 2**20:.0f} MiB |")
+head = f"""# Benchmarks: expert and llama.cpp side by side
+
+Written by `scripts/bench_peers.sh` on {datetime.date.today()} at commit `{commit}`, in one run: each row runs
+`expert bench` and then llama.cpp's `llama-bench` (llama-cpp-python 0.3.36's vendored llama.cpp, built here
+with `-DGGML_NATIVE=ON`) on the same file with the same threads.
+
+- CPU: {cpu['model']}; flags: {' '.join(cpu['flags'])}
+- threads: {threads}; prompt {p} tokens (prefill, tok/s), decode {n} tokens (tok/s); mean ± standard deviation of {r} repetitions after a warm-up
+- read bandwidth: {gbs:.1f} GB/s (2 GiB summed by {threads} threads); ceiling = bandwidth ÷ weight bytes read per decoded token
+- the Qwen3 rows are a random-weight checkpoint of the exact Qwen3-0.6B shape (`scripts/make_bench_model.py`), its GGUFs made by
+  llama.cpp's `convert_hf_to_gguf.py` (f32, bf16) and `llama-quantize` (q8_0, q4_0, q4_k_m); the safetensors row runs expert on the
+  checkpoint itself against llama.cpp on the bf16 GGUF.
+
+| model | expert holds | llama.cpp prefill | llama.cpp decode | expert prefill | expert decode | expert ÷ llama.cpp (prefill / decode) | bytes/token → ceiling tok/s | decode ÷ ceiling (expert / llama.cpp) | expert load, peak RSS |
+|---|---|---:|---:|---:|---:|---:|---:|---:|---:|
+"""
+open(out, "w").write(head + "\n".join(lines) + "\n")
+print(open(out).read())
+EOF
+log "raw results in $RES"
