@@ -63,6 +63,7 @@ impl SafetensorsSource {
                 t.dims()
             );
         }
+        self.ckpt.release(name);
         let dtype = if held {
             held_dtype(t.dtype(), self.dtype, &self.device)
         } else {
