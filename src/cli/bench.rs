@@ -153,7 +153,7 @@ fn run_tests(args: &BenchArgs) -> Result<Vec<TestResult>> {
     let t0 = Instant::now();
     let loaded = args.model.load()?;
     let load_s = t0.elapsed().as_secs_f64();
-    let format = weight_format(&args.model, &loaded)?;
+    let format = loaded.model.weight_format();
     let base = loaded.tokenizer.encode(BENCH_TEXT)?;
     let ids = |n: usize| -> Vec<u32> { base.iter().copied().cycle().take(n).collect() };
     let mut engine = crate::generate::Engine::new(loaded.model.clone());
@@ -232,29 +232,6 @@ fn run_tests(args: &BenchArgs) -> Result<Vec<TestResult>> {
         });
     }
     Ok(results)
-}
-
-/// The projection weights' format in memory: the GGUF's block types (most
-/// common first), the `--quantize` type, or the float dtype.
-fn weight_format(args: &ModelArgs, loaded: &crate::load::LoadedModel) -> Result<String> {
-    if let Some(q) = &args.quantize {
-        return Ok(q.to_ascii_lowercase());
-    }
-    if crate::formats::gguf::is_gguf(&loaded.path) {
-        let file = crate::formats::gguf::GgufFile::open(&loaded.path)?;
-        let mut counts = std::collections::BTreeMap::<&str, usize>::new();
-        for t in file.tensors.iter().filter(|t| t.name.starts_with("blk.")) {
-            if t.shape.len() == 2 {
-                *counts
-                    .entry(crate::formats::gguf::type_name(t.dtype))
-                    .or_default() += 1;
-            }
-        }
-        let mut types: Vec<_> = counts.into_iter().collect();
-        types.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        return Ok(types.iter().map(|t| t.0).collect::<Vec<_>>().join("+"));
-    }
-    Ok(format!("{:?}", loaded.model.dtype()).to_lowercase())
 }
 
 fn mean_stddev(v: &[f64]) -> (f64, f64) {

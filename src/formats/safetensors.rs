@@ -103,7 +103,9 @@ impl Checkpoint {
                 // SAFETY: whole pages inside a read-only private file mapping
                 // that nothing borrows any more; MADV_DONTNEED only makes
                 // the next access fault the page back in from the file.
-                unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+                unsafe {
+                    libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED)
+                };
             }
         }
     }

@@ -103,8 +103,11 @@ impl Mlp {
 
     /// SwiGLU: down(silu(gate(x)) * up(x)).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+        let [gate, up]: [Tensor; 2] = Linear::forward_many(&[&self.gate_proj, &self.up_proj], x)?
+            .try_into()
+            .map_err(|_| candle_core::Error::Msg("gate/up projections".into()))?;
+        self.down_proj
+            .forward(&(candle_nn::ops::silu(&gate)? * up)?)
     }
 }
 
@@ -154,9 +157,13 @@ impl Attention {
         let heads = |t: Tensor, n: usize| t.reshape((b, l, n, self.head_dim));
 
         // 1. Project to per-head queries, keys and values: (B, L, H, D).
-        let mut q = heads(self.q_proj.forward(x)?, self.num_heads)?;
-        let mut k = heads(self.k_proj.forward(x)?, self.num_kv_heads)?;
-        let v = heads(self.v_proj.forward(x)?, self.num_kv_heads)?;
+        let [q, k, v]: [Tensor; 3] =
+            Linear::forward_many(&[&self.q_proj, &self.k_proj, &self.v_proj], x)?
+                .try_into()
+                .map_err(|_| candle_core::Error::Msg("q/k/v projections".into()))?;
+        let mut q = heads(q, self.num_heads)?;
+        let mut k = heads(k, self.num_kv_heads)?;
+        let v = heads(v, self.num_kv_heads)?;
 
         // 2. Qwen3 normalises each head's q and k before the rotation.
         if let Some(n) = &self.q_norm {
@@ -205,6 +212,25 @@ impl DecoderLayer {
             )?,
             mlp: Mlp::load(src, &format!("{p}.mlp"), cfg)?,
         })
+    }
+
+    /// How the projection weights are held: "f32", "bf16", "q4_k"… (the
+    /// types of all seven, most common first, joined by "+").
+    pub fn weight_formats(&self) -> Vec<String> {
+        let a = &self.self_attn;
+        let m = &self.mlp;
+        [
+            &a.q_proj,
+            &a.k_proj,
+            &a.v_proj,
+            &a.o_proj,
+            &m.gate_proj,
+            &m.up_proj,
+            &m.down_proj,
+        ]
+        .iter()
+        .map(|l| l.format())
+        .collect()
     }
 
     /// Pre-norm residual blocks: x + attn(norm(x)), then + mlp(norm(x)).

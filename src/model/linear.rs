@@ -76,6 +76,43 @@ impl Linear {
         Tensor::from_vec(ys, y.dims(), y.device())
     }
 
+    /// The weight as held: "f32", "bf16", "f16", "q8_0", "q4_k"…
+    pub fn format(&self) -> String {
+        match &self.weight {
+            LinearWeight::Dense(l) => format!("{:?}", l.weight().dtype()).to_lowercase(),
+            LinearWeight::Quantized(QMatMul::QTensor(q)) => {
+                crate::formats::gguf::type_name(q.dtype()).to_lowercase()
+            }
+            LinearWeight::Quantized(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
+                format!("{:?}", t.dtype()).to_lowercase()
+            }
+        }
+    }
+
+    /// Several projections of the same input (q/k/v; gate/up), each
+    /// x (…, in) → (…, out_i) in x's dtype. For decode rows on the CPU the
+    /// input is prepared once and all rows run in one pool job
+    /// (`ops::matmul::decode_many`); otherwise one by one.
+    pub fn forward_many(ls: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>> {
+        use crate::ops::matmul::WeightRef;
+        let refs: Option<Vec<WeightRef>> = ls
+            .iter()
+            .map(|l| match (&l.weight, &l.bias) {
+                (LinearWeight::Dense(d), None) => Some(WeightRef::Dense(d.weight())),
+                (LinearWeight::Quantized(QMatMul::QTensor(q)), None) => {
+                    Some(WeightRef::Quantized(q))
+                }
+                _ => None,
+            })
+            .collect();
+        if let Some(refs) = refs {
+            if let Some(ys) = crate::ops::matmul::decode_many(&refs, x)? {
+                return ys.into_iter().map(|y| y.to_dtype(x.dtype())).collect();
+            }
+        }
+        ls.iter().map(|l| l.forward(x)).collect()
+    }
+
     /// x (…, in) → (…, out), in x's dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {

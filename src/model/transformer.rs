@@ -75,6 +75,18 @@ impl Model {
         self.dtype
     }
 
+    /// How the projection weights are held in memory, over all layers: the
+    /// types, most common first, joined by "+" ("bf16", "q4_k+q6_k").
+    pub fn weight_format(&self) -> String {
+        let mut counts = std::collections::BTreeMap::<String, usize>::new();
+        for f in self.layers.iter().flat_map(DecoderLayer::weight_formats) {
+            *counts.entry(f).or_default() += 1;
+        }
+        let mut types: Vec<_> = counts.into_iter().collect();
+        types.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        types.into_iter().map(|t| t.0).collect::<Vec<_>>().join("+")
+    }
+
     /// An empty KV cache for one sequence.
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(self.layers.len())

@@ -69,6 +69,11 @@ impl Path {
     }
 }
 
+/// a·b for two f32 slices on `path` (the attention kernel's dot product).
+pub fn dot_f32(path: Path, a: &[f32], b: &[f32]) -> f32 {
+    path.dot(Rows::F32(a), 0, a.len().min(b.len()), b)
+}
+
 /// The reference: each weight widened to f32, products summed in order.
 fn dot_scalar<T: Copy>(w: &[T], x: &[f32], widen: impl Fn(T) -> f32) -> f32 {
     w.iter().zip(x).map(|(&w, x)| widen(w) * x).sum()
@@ -141,13 +146,24 @@ mod avx2 {
 
 /// y = x·Wᵀ for `x` (m, k) f32 and `w` (n, k); returns (m, n).
 pub fn matmul(path: Path, w: Rows, n: usize, k: usize, x: &[f32]) -> Vec<f32> {
-    assert!(w.len() == n * k && k > 0 && x.len().is_multiple_of(k));
+    matmul_many(path, &[(w, n)], k, x).pop().unwrap_or_default()
+}
+
+/// `matmul` for several weights (n_i, k) that read the same `x`, their rows
+/// in one pool job per activation row; returns each (m, n_i).
+pub fn matmul_many(path: Path, ws: &[(Rows, usize)], k: usize, x: &[f32]) -> Vec<Vec<f32>> {
+    assert!(k > 0 && x.len().is_multiple_of(k));
+    assert!(ws.iter().all(|(w, n)| w.len() == n * k));
     let m = x.len() / k;
-    let mut y = vec![0f32; m * n];
-    for (xi, yi) in x.chunks_exact(k).zip(y.chunks_exact_mut(n)) {
-        super::fill_rows(yi, |r| path.dot(w, r, k, xi));
+    let mut ys: Vec<Vec<f32>> = ws.iter().map(|(_, n)| vec![0f32; m * n]).collect();
+    let mut row: Vec<Vec<f32>> = ws.iter().map(|(_, n)| vec![0f32; *n]).collect();
+    for (i, xi) in x.chunks_exact(k).enumerate() {
+        super::fill_split(&mut row, |w, r| path.dot(ws[w].0, r, k, xi));
+        for ((y, r), (_, n)) in ys.iter_mut().zip(&row).zip(ws) {
+            y[i * n..(i + 1) * n].copy_from_slice(r);
+        }
     }
-    y
+    ys
 }
 
 #[cfg(test)]

@@ -87,9 +87,117 @@ pub fn qmatmul_forward(
             if let Some(kind) = super::qdot::Kind::of(w.dtype()) {
                 return qdot_matmul(kind, w, &x);
             }
+            if super::vecdot::supports(w.dtype()) {
+                let (n, k) = w.shape().dims2()?;
+                let data = w.data()?;
+                let mut failed = false;
+                let y = on_rows(&x, n, |xs| {
+                    super::vecdot::matmul(w.dtype(), &data, n, k, xs).unwrap_or_else(|| {
+                        failed = true;
+                        Vec::new()
+                    })
+                });
+                if !failed {
+                    return y;
+                }
+            }
         }
     }
     q.forward(&x)
+}
+
+/// A projection weight, for [`decode_many`].
+pub enum WeightRef<'a> {
+    Dense(&'a Tensor),
+    Quantized(&'a QTensor),
+}
+
+/// Several projections that read the same decode rows (q/k/v; gate/up):
+/// the activations are prepared (quantized) once, and all the weights' rows
+/// run in one pool job per row. x (…, k) → each (…, n_i) f32. None when the
+/// weights are not all of one kind our CPU kernels handle, or x has prompt
+/// rows: the caller then runs them one by one.
+pub fn decode_many(ws: &[WeightRef], x: &Tensor) -> candle_core::Result<Option<Vec<Tensor>>> {
+    use super::gemv::Rows;
+    use candle_core::{CpuStorage, Storage};
+    let k = x.dim(candle_core::D::Minus1)?;
+    let rows = x.elem_count() / k.max(1);
+    if ws.is_empty() || !x.device().is_cpu() || rows >= DEQUANT_MIN_ROWS {
+        return Ok(None);
+    }
+    let x32: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let shape = |n: usize| {
+        let mut s = x.dims().to_vec();
+        *s.last_mut().unwrap() = n;
+        s
+    };
+    let outs = match ws[0] {
+        WeightRef::Dense(first) => {
+            let dtype = first.dtype();
+            let mut guards = Vec::with_capacity(ws.len());
+            for w in ws {
+                let WeightRef::Dense(t) = w else {
+                    return Ok(None);
+                };
+                let (n, kk) = t.dims2()?;
+                if t.dtype() != dtype || kk != k || !t.device().is_cpu() {
+                    return Ok(None);
+                }
+                let (storage, layout) = t.storage_and_layout();
+                let Some((a, b)) = layout.contiguous_offsets() else {
+                    return Ok(None);
+                };
+                guards.push((storage, a, b, n));
+            }
+            let mut rows_of = Vec::with_capacity(ws.len());
+            for (storage, a, b, n) in &guards {
+                let r = match &**storage {
+                    Storage::Cpu(CpuStorage::F32(d)) if x.dtype() == DType::F32 => {
+                        Rows::F32(&d[*a..*b])
+                    }
+                    Storage::Cpu(CpuStorage::BF16(d)) => Rows::Bf16(&d[*a..*b]),
+                    Storage::Cpu(CpuStorage::F16(d)) => Rows::F16(&d[*a..*b]),
+                    _ => return Ok(None),
+                };
+                rows_of.push((r, *n));
+            }
+            super::gemv::matmul_many(super::gemv::Path::detect(), &rows_of, k, &x32)
+        }
+        WeightRef::Quantized(first) => {
+            let t = first.dtype();
+            let mut parts = Vec::with_capacity(ws.len());
+            for w in ws {
+                let WeightRef::Quantized(q) = w else {
+                    return Ok(None);
+                };
+                let (n, kk) = q.shape().dims2()?;
+                if q.dtype() != t || kk != k || !q.device().is_cpu() {
+                    return Ok(None);
+                }
+                parts.push((q.data()?, n));
+            }
+            let refs: Vec<(&[u8], usize)> = parts.iter().map(|(d, n)| (&d[..], *n)).collect();
+            if let Some(kind) = super::qdot::Kind::of(t) {
+                super::qdot::matmul_many(super::qdot::Path::detect(), kind, &refs, k, &x32)
+            } else if let Some(ys) = super::vecdot::matmul_many(t, &refs, k, &x32) {
+                ys
+            } else {
+                return Ok(None);
+            }
+        }
+    };
+    let tensors = outs
+        .into_iter()
+        .zip(ws)
+        .map(|(y, w)| {
+            let n = match w {
+                WeightRef::Dense(t) => t.dim(0)?,
+                WeightRef::Quantized(q) => q.shape().dims2()?.0,
+            };
+            Tensor::from_vec(y, shape(n), &Device::Cpu)
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Some(tensors))
 }
 
 /// Output entries recomputed exactly by [`refine_top`].
@@ -257,5 +365,61 @@ mod tests {
             let argmax = |v: &[f32]| (0..n).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap();
             assert_eq!(argmax(&y), argmax(&exact));
         }
+    }
+
+    /// `decode_many` (one prepared input, one pool job) gives exactly what
+    /// each projection alone gives, for every kernel family: f32 and bf16
+    /// (gemv), Q4_1 (qdot), Q8_0 and Q4_K (vecdot); q/k/v-like shapes.
+    #[test]
+    fn decode_many_equals_one_by_one() {
+        let k = 256;
+        let ns = [512, 128, 128];
+        let x =
+            Tensor::from_vec(crate::ops::test_values(3 * k, 9), (1, 3, k), &Device::Cpu).unwrap();
+        let ws: Vec<Tensor> = ns
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                Tensor::from_vec(
+                    crate::ops::test_values(n * k, i as u64),
+                    (n, k),
+                    &Device::Cpu,
+                )
+                .unwrap()
+            })
+            .collect();
+        let values = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+        for dtype in [DType::F32, DType::BF16] {
+            let ws: Vec<Tensor> = ws.iter().map(|w| w.to_dtype(dtype).unwrap()).collect();
+            let refs: Vec<WeightRef> = ws.iter().map(WeightRef::Dense).collect();
+            let many = decode_many(&refs, &x).unwrap().unwrap();
+            for (w, y) in ws.iter().zip(&many) {
+                let one = dense_forward(&candle_nn::Linear::new(w.clone(), None), &x).unwrap();
+                assert_eq!(values(y), values(&one), "{dtype:?}");
+                assert_eq!(y.dims(), one.dims());
+            }
+        }
+        for t in [GgmlDType::Q4_1, GgmlDType::Q8_0, GgmlDType::Q4K] {
+            let qs: Vec<QTensor> = ws
+                .iter()
+                .map(|w| QTensor::quantize(w, t).unwrap())
+                .collect();
+            let refs: Vec<WeightRef> = qs.iter().map(WeightRef::Quantized).collect();
+            let many = decode_many(&refs, &x).unwrap().unwrap();
+            for (w, y) in ws.iter().zip(&many) {
+                let q =
+                    candle_core::quantized::QMatMul::from_qtensor(QTensor::quantize(w, t).unwrap())
+                        .unwrap();
+                let one = qmatmul_forward(&q, &x).unwrap();
+                assert_eq!(values(y), values(&one), "{t:?}");
+            }
+        }
+        // Mixed kinds are left to the caller.
+        let q = QTensor::quantize(&ws[1], GgmlDType::Q8_0).unwrap();
+        assert!(
+            decode_many(&[WeightRef::Dense(&ws[0]), WeightRef::Quantized(&q)], &x)
+                .unwrap()
+                .is_none()
+        );
     }
 }

@@ -3,6 +3,8 @@
 //! - `matmul`: projections (dense and quantized weights)
 //! - `gemv`: our threaded f32 × f32 kernel for decode rows (AVX2+FMA or scalar)
 //! - `qdot`: our Q4_1/Q5_0/Q5_1 × f32 kernels for decode (AVX2 or scalar, chosen at run time)
+//! - `vecdot`: the other quantized types for decode (candle's SIMD dot products on our pool)
+//! - `pool`: the one persistent thread pool all of these run on
 //! - `attention`: causal grouped-query attention over the KV cache
 //!
 //! Own SIMD kernels go here, behind the same functions, each tested against
@@ -11,7 +13,9 @@
 pub mod attention;
 pub mod gemv;
 pub mod matmul;
+pub mod pool;
 pub mod qdot;
+pub mod vecdot;
 
 /// Sets the number of threads for all per-token work: candle's barrier pool
 /// (which our kernels share) and its rayon pool. Both are created on first
@@ -35,21 +39,63 @@ pub fn threads() -> usize {
         .unwrap_or_else(candle_core::utils::get_num_threads)
 }
 
-/// Sets `out[r] = f(r)` for every index, with the rows spread over candle's
-/// persistent barrier pool: the threads candle's own kernels use, so ours
-/// never spin against a second pool.
+/// Sets `out[r] = f(r)` for every index, with the rows spread over our
+/// persistent pool (`ops::pool`).
 pub(crate) fn fill_rows(out: &mut [f32], f: impl Fn(usize) -> f32 + Sync) {
     /// The output, written by the pool's workers at disjoint indices.
     struct Out(*mut f32);
-    // SAFETY: each index is handed to exactly one worker (execute_chunked
+    // SAFETY: each index is handed to exactly one thread (for_ranges
     // splits 0..len into disjoint ranges), so no two writes alias.
     unsafe impl Sync for Out {}
     let (len, out) = (out.len(), Out(out.as_mut_ptr()));
-    candle_core::utils::barrier_pool().execute_chunked(len, |rows| {
+    pool::for_ranges(len, |rows| {
         let out = &out;
         for r in rows {
             // SAFETY: r < len, and r is written by this worker only.
             unsafe { *out.0.add(r) = f(r) };
+        }
+    });
+}
+
+/// For several outputs at once (the projections that read one input):
+/// sets `outs[w][r] = f(w, r)` for every output `w` and row `r`, all rows of
+/// all outputs in one pool job.
+pub(crate) fn fill_split(outs: &mut [Vec<f32>], f: impl Fn(usize, usize) -> f32 + Sync) {
+    let starts: Vec<usize> = outs
+        .iter()
+        .scan(0, |acc, o| {
+            let s = *acc;
+            *acc += o.len();
+            Some(s)
+        })
+        .collect();
+    let total: usize = outs.iter().map(Vec::len).sum();
+    let mut all = vec![0f32; total];
+    fill_rows(&mut all, |i| {
+        let w = starts.partition_point(|&s| s <= i) - 1;
+        f(w, i - starts[w])
+    });
+    for (o, &s) in outs.iter_mut().zip(&starts) {
+        let n = o.len();
+        o.copy_from_slice(&all[s..s + n]);
+    }
+}
+
+/// Calls `f(i, chunk_i)` for each `width`-long chunk of `out`, the chunks
+/// spread over the pool.
+pub(crate) fn fill_chunks(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    struct Out(*mut f32);
+    // SAFETY: each chunk index is handed to exactly one thread, and chunks
+    // are disjoint, so no two writes alias.
+    unsafe impl Sync for Out {}
+    let n = out.len() / width.max(1);
+    let out = Out(out.as_mut_ptr());
+    pool::for_ranges(n, |items| {
+        let out = &out;
+        for i in items {
+            // SAFETY: i < n, so the chunk lies inside `out`; only this thread has it.
+            let chunk = unsafe { std::slice::from_raw_parts_mut(out.0.add(i * width), width) };
+            f(i, chunk);
         }
     });
 }

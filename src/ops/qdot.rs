@@ -263,20 +263,40 @@ impl Path {
 /// y = x·Wᵀ for `x` (m, k) row-major f32 and `w` the raw bytes of an (n, k)
 /// weight of `kind`; returns (m, n) row-major.
 pub fn matmul(path: Path, kind: Kind, w: &[u8], n: usize, k: usize, x: &[f32]) -> Vec<f32> {
+    matmul_many(path, kind, &[(w, n)], k, x)
+        .pop()
+        .unwrap_or_default()
+}
+
+/// `matmul` for several weights of one kind that read the same `x`: each
+/// activation row is quantized once, and all weights' rows run in one pool
+/// job. Returns each (m, n_i).
+pub fn matmul_many(
+    path: Path,
+    kind: Kind,
+    ws: &[(&[u8], usize)],
+    k: usize,
+    x: &[f32],
+) -> Vec<Vec<f32>> {
     let row_bytes = k / QK * kind.block_bytes();
     // Invariants of a loaded weight (GGUF and quantize-at-load check row lengths).
-    assert!(k.is_multiple_of(QK) && w.len() == n * row_bytes && x.len().is_multiple_of(k));
+    assert!(k.is_multiple_of(QK) && x.len().is_multiple_of(k));
+    assert!(ws.iter().all(|(w, n)| w.len() == n * row_bytes));
     let m = x.len() / k;
     let mut xq = Vec::with_capacity(k / QK);
-    let mut y = vec![0f32; m * n];
-    for (xi, yi) in x.chunks_exact(k).zip(y.chunks_exact_mut(n)) {
+    let mut ys: Vec<Vec<f32>> = ws.iter().map(|(_, n)| vec![0f32; m * n]).collect();
+    let mut row: Vec<Vec<f32>> = ws.iter().map(|(_, n)| vec![0f32; *n]).collect();
+    for (i, xi) in x.chunks_exact(k).enumerate() {
         quantize_row(xi, &mut xq);
         let xq = &xq;
-        super::fill_rows(yi, |r| {
-            path.row_dot(kind, &w[r * row_bytes..(r + 1) * row_bytes], xq)
+        super::fill_split(&mut row, |w, r| {
+            path.row_dot(kind, &ws[w].0[r * row_bytes..(r + 1) * row_bytes], xq)
         });
+        for ((y, r), (_, n)) in ys.iter_mut().zip(&row).zip(ws) {
+            y[i * n..(i + 1) * n].copy_from_slice(r);
+        }
     }
-    y
+    ys
 }
 
 #[cfg(test)]
