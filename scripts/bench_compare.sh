@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
-# expert vs its peers on the same workload, one after the other in one run.
+# expert and transformers on the same workload, one after the other in one run
+# (llama.cpp: scripts/bench_peers.sh, which writes BENCHMARKS.md).
 #
 #   scripts/bench_compare.sh MODEL_DIR|FILE.gguf [PROMPT_TOKENS] [GEN_TOKENS] [RUNS]
 #
-# Prints expert's `bench --json` for f32, --quantize q8_0 and q4_k (a GGUF:
-# as stored), then the peers with the same workload (prompt length, greedy
-# decode length): transformers (scripts/bench_transformers.py, float32,
-# torch's default threads) and, for a GGUF, llama.cpp
-# (scripts/bench_llama_cpp.py, needs llama-cpp-python). Each peer is skipped
-# with a note when its package is missing. Needs a release build.
+# Prints expert's `bench --json` for the default, --quantize q8_0 and q4_k
+# (a GGUF: as stored), then transformers with the same workload (prompt
+# length, greedy decode length; scripts/bench_transformers.py, float32,
+# torch's default threads), skipped with a note when torch is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model="$1"; p="${2:-128}"; g="${3:-64}"; runs="${4:-3}"
@@ -19,7 +18,7 @@ quants=("" q8_0 q4_k)
 case "$model" in *.gguf) quants=("") ;; esac
 for q in "${quants[@]}"; do
   printf 'expert %-6s ' "${q:-f32}"
-  "$exe" bench --model "$model" --prompt-tokens "$p" --gen-tokens "$g" --runs "$runs" --json ${q:+--quantize "$q"} 2>/dev/null
+  "$exe" bench --model "$model" -p "$p" -n "$g" -r "$runs" --json ${q:+--quantize "$q"} 2>/dev/null
 done
 if python3 -c "import torch, transformers" 2>/dev/null; then
   printf 'transformers f32 '
@@ -27,12 +26,3 @@ if python3 -c "import torch, transformers" 2>/dev/null; then
 else
   echo "transformers: skipped (torch/transformers not installed)"
 fi
-case "$model" in
-  *.gguf)
-    if python3 -c "import llama_cpp" 2>/dev/null; then
-      printf 'llama.cpp '
-      python3 scripts/bench_llama_cpp.py --model "$model" --prompt-tokens "$p" --gen-tokens "$g" --runs "$runs" --threads "$(nproc)" --json
-    else
-      echo "llama.cpp: skipped (llama-cpp-python not installed)"
-    fi ;;
-esac
