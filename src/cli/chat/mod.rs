@@ -10,6 +10,11 @@ mod input;
 mod interrupt;
 mod oneshot;
 mod repl;
+#[cfg(unix)]
+mod terminal;
+#[cfg(not(unix))]
+#[path = "terminal_stub.rs"]
+mod terminal;
 
 use super::ModelArgs;
 use crate::model::ModelConfig;

@@ -73,6 +73,7 @@ pub(super) fn run(args: ChatArgs) -> Result<()> {
         json: args.json,
     };
     let mut engine = Engine::new(loaded.model.clone());
+    let busy = interrupt::Busy::start();
     let answer = answer::stream(
         &mut engine,
         &loaded.tokenizer,
@@ -86,6 +87,13 @@ pub(super) fn run(args: ChatArgs) -> Result<()> {
     if args.stats {
         eprint!("{}", stats_report(&answer.gen.stats));
     }
+    busy.finish(|sig| {
+        let _ = writeln!(
+            std::io::stderr(),
+            "({} received; exiting)",
+            interrupt::signal_name(sig)
+        );
+    });
     if answer.interrupted() {
         std::process::exit(130);
     }
