@@ -233,6 +233,44 @@ impl ChatArgs {
     }
 }
 
+/// The REPL's input handling as plain functions, for `tests/fuzz`: bytes as
+/// stdin → the entries read (`Ok` text or `Err` why skipped), each command
+/// line parsed; keys typed during an answer → lines.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::input::{typed_lines, Entry, Input};
+
+    /// Reads `bytes` as piped stdin; returns each entry and, for a command,
+    /// its parse (`/…` lines), as the REPL would see them.
+    pub fn repl_input(bytes: &[u8]) -> Vec<Result<String, String>> {
+        let mut input = Input::lines(Box::new(std::io::Cursor::new(bytes.to_vec())));
+        let mut out = Vec::new();
+        loop {
+            match input.read() {
+                Ok(Entry::Eof) => return out,
+                Ok(Entry::Interrupted) => out.push(Err("interrupted".into())),
+                Ok(Entry::Invalid(why)) => out.push(Err(why)),
+                Ok(Entry::Text(t)) => {
+                    if t.starts_with('/') && !t.contains('\n') {
+                        let parsed = super::repl::commands::describe(t.trim());
+                        out.push(parsed.map_err(|e| e.to_string()));
+                    }
+                    out.push(Ok(t));
+                }
+                Err(e) => {
+                    out.push(Err(e.to_string()));
+                    return out;
+                }
+            }
+        }
+    }
+
+    /// Keys typed while an answer streams → complete lines and the rest.
+    pub fn type_ahead(bytes: &[u8]) -> (Vec<Result<String, String>>, String) {
+        typed_lines(bytes)
+    }
+}
+
 pub fn run(args: ChatArgs) -> Result<()> {
     args.check()?;
     if args.prompt.is_none() && args.messages.is_none() {

@@ -6,7 +6,7 @@
 //! prefilled, and where the template rewrites history (Qwen3 drops the
 //! thinking of earlier answers) the cache is cut back to where the texts part.
 
-mod commands;
+pub(super) mod commands;
 
 use super::answer::{self, answer_budget, stats_line, AnswerFormat};
 use super::input::{Entry, Input};
