@@ -14,6 +14,8 @@ use std::io::Write;
 use std::path::Path;
 
 pub(super) fn run(args: ChatArgs) -> Result<()> {
+    // Before loading: a signal while the model loads exits cleanly too.
+    interrupt::install_handler();
     let messages = if args.raw {
         Vec::new()
     } else {
@@ -67,7 +69,6 @@ pub(super) fn run(args: ChatArgs) -> Result<()> {
         stop_strings: args.stop.clone(),
     };
     let mut sampler = Sampler::new(params)?;
-    interrupt::install_handler();
     let format = AnswerFormat {
         hide_thinking: args.hide_thinking,
         json: args.json,

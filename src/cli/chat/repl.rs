@@ -56,6 +56,11 @@ pub(super) fn run(args: ChatArgs) -> Result<()> {
         _ => None,
     };
     let terminal = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    // The line editor, then the signal handler: on a terminal the editor
+    // installs a SIGINT handler of its own when created, which ours must
+    // replace. Both before loading, so a signal while loading exits cleanly.
+    let mut input = Input::from_stdin(terminal)?;
+    interrupt::install_handler();
     eprintln!("loading {} ...", path.display());
     let loaded = args.local_model(&path).load()?;
     let prompter = Prompter::load(&path, loaded.chat_template.as_deref(), &loaded.tokenizer)?;
@@ -96,10 +101,6 @@ pub(super) fn run(args: ChatArgs) -> Result<()> {
     if let Some(system) = &args.system {
         repl.conversation.system = Some(system.clone());
     }
-    // The line editor first: on a terminal it installs its own SIGINT
-    // handler, which ours must replace (see `interrupt::install_handler`).
-    let mut input = Input::from_stdin(terminal)?;
-    interrupt::install_handler();
     if input.is_terminal() {
         println!(
             "expert chat · {} · /help for commands, Ctrl-D or /exit to quit",
