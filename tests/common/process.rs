@@ -129,6 +129,7 @@ pub fn wait_exit(child: &mut Child) -> i32 {
 }
 
 #[cfg(unix)]
+#[allow(unused_imports)]
 pub use pty::spawn as spawn_pty;
 
 #[cfg(unix)]

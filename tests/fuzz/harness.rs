@@ -157,9 +157,8 @@ impl Target<'_> {
                 let width = [1usize, 2, 4, 8][rng.random_range(0..4)];
                 let i = pos(rng, b.len());
                 let bytes = v.to_le_bytes();
-                for k in 0..width.min(b.len() - i) {
-                    b[i + k] = bytes[k];
-                }
+                let n = width.min(b.len() - i);
+                b[i..i + n].copy_from_slice(&bytes[..n]);
             }
             3 if !b.is_empty() => {
                 // Delete a range.
