@@ -17,10 +17,15 @@ use std::process::Stdio;
 /// Peak resident memory (VmHWM) of a running process, in KiB.
 #[cfg(target_os = "linux")]
 fn peak_rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM:")
+}
+
+#[cfg(target_os = "linux")]
+fn status_kib(pid: u32, key: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
 }
@@ -62,6 +67,7 @@ fn five_hundred_turns_on_a_small_context() {
     let mut at = 0;
     let mut answers: Vec<Value> = Vec::new();
     let (mut rss_50, mut rss_last) = (0, 0);
+    let (mut now_50, mut now_last) = (0, 0);
     let start = std::time::Instant::now();
     for turn in 1..=turns {
         writeln!(
@@ -75,9 +81,11 @@ fn five_hundred_turns_on_a_small_context() {
         answers.push(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}")));
         if turn == 50 {
             rss_50 = peak_rss_kib(pid);
+            now_50 = status_kib(pid, "VmRSS:");
         }
         if turn == turns {
             rss_last = peak_rss_kib(pid);
+            now_last = status_kib(pid, "VmRSS:");
         }
     }
     let secs = start.elapsed().as_secs_f64();
@@ -101,7 +109,7 @@ fn five_hundred_turns_on_a_small_context() {
     let growth = (rss_last as f64 - rss_50 as f64) / rss_50 as f64;
     eprintln!(
         "soak: {turns} turns in {secs:.1} s; {notices} trimming notices; peak RSS {rss_50} KiB at turn 50, \
-         {rss_last} KiB at turn {turns} ({:+.1} %); decode {early:.1} tok/s (turns 11-60) vs {late:.1} tok/s (last 50)",
+         {rss_last} KiB at turn {turns} ({:+.1} %; current RSS {now_50} -> {now_last} KiB); decode {early:.1} tok/s (turns 11-60) vs {late:.1} tok/s (last 50)",
         growth * 100.0
     );
     assert_eq!(answers.len(), turns);
