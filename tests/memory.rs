@@ -98,9 +98,7 @@ fn a_low_ulimit_v_is_respected_before_mapping() {
     for model in [dir.to_str().unwrap(), g.to_str().unwrap()] {
         let o = std::process::Command::new("sh")
             .arg("-c")
-            .arg(format!(
-                "ulimit -v 2621440 && exec \"$0\" chat --model \"$1\" --prompt hi"
-            ))
+            .arg("ulimit -v 2621440 && exec \"$0\" chat --model \"$1\" --prompt hi")
             .arg(env!("CARGO_BIN_EXE_expert"))
             .arg(model)
             .output()
