@@ -66,14 +66,17 @@ impl Target<'_> {
         let corpus = self.corpus();
         let regressions = files_in(&root().join("tests/fuzz/regressions").join(self.name));
         let mut rng = StdRng::seed_from_u64(seed);
-        let start = Instant::now();
         let mut execs = 0u64;
         for input in corpus.iter().chain(&regressions) {
             self.one(&check, input, seed, execs);
             execs += 1;
         }
+        // The budget counts mutated inputs only (the seeds pay for any
+        // one-time setup, such as loading a tokenizer); at least 100 run.
+        let start = Instant::now();
         let budget = Duration::from_secs_f64(secs);
-        while start.elapsed() < budget {
+        let seeds = execs;
+        while start.elapsed() < budget || execs < seeds + 100 {
             let mut input = corpus[rng.random_range(0..corpus.len())].clone();
             for _ in 0..rng.random_range(1..=4) {
                 self.mutate(&mut rng, &mut input, &corpus);
@@ -83,8 +86,9 @@ impl Target<'_> {
         }
         let secs = start.elapsed().as_secs_f64();
         eprintln!(
-            "fuzz {}: {execs} executions in {secs:.1} s (seed {seed}, {} seeds, {} regressions)",
+            "fuzz {}: {} mutated executions in {secs:.1} s (seed {seed}, {} seeds, {} regressions)",
             self.name,
+            execs - seeds,
             corpus.len(),
             regressions.len()
         );
