@@ -108,7 +108,16 @@ fn gguf_target(bytes: &[u8]) {
         }
     };
     let _ = file.metadata_json(16);
-    let _ = expert::tokenizer::gguf::load(&file).map_err(|e| one_line(&e));
+    if let Ok(tok) = expert::tokenizer::gguf::load(&file).map_err(|e| one_line(&e)) {
+        if let Ok(ids) = tok.encode_with_specials("hello <|im_start|>user\nthere é") {
+            let _ = tok.decode(&ids, false);
+            let mut stream = tok.stream();
+            for &id in &ids {
+                let _ = stream.push(id);
+            }
+            let _ = stream.finish();
+        }
+    }
     let _ = expert::tokenizer::gguf::chat_template(&file);
     let _ = expert::tokenizer::gguf::eog_ids(&file);
     if let Ok(model) =
@@ -470,6 +479,79 @@ fn make_corpus() {
     )
     .unwrap();
     put("gguf", "small.gguf", &std::fs::read(&small).unwrap());
+    // The `linear` model with SmolLM2's GGUF tokenizer cut to its first 400
+    // tokens (and the merges among them), when the test model is fetched.
+    let smol = std::env::var_os("EXPERT_SMOLLM2_GGUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/expert-test-models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    if smol.is_file() {
+        use expert::formats::gguf::{GgufFile, MetaArray, MetaValue};
+        let smol = GgufFile::open(&smol).unwrap();
+        let lin = GgufFile::open(&q).unwrap();
+        const KEEP: usize = 400;
+        let tokens: Vec<String> = match smol.get("tokenizer.ggml.tokens") {
+            Some(MetaValue::Array(MetaArray::String(t))) => t[..KEEP].to_vec(),
+            _ => panic!("no tokens"),
+        };
+        let known: std::collections::HashSet<&str> = tokens.iter().map(String::as_str).collect();
+        let mut meta: Vec<(String, MetaValue)> = lin
+            .metadata
+            .iter()
+            .filter(|(k, _)| !k.starts_with("tokenizer."))
+            .cloned()
+            .collect();
+        for (k, v) in &smol.metadata {
+            if !k.starts_with("tokenizer.") {
+                continue;
+            }
+            let v = match v {
+                MetaValue::Array(MetaArray::String(a)) if k == "tokenizer.ggml.merges" => {
+                    MetaValue::Array(MetaArray::String(
+                        a.iter()
+                            .filter(|m| {
+                                let (l, r) = m.split_once(' ').unwrap_or((m, ""));
+                                known.contains(l)
+                                    && known.contains(r)
+                                    && known.contains(format!("{l}{r}").as_str())
+                            })
+                            .cloned()
+                            .collect(),
+                    ))
+                }
+                MetaValue::Array(MetaArray::String(a)) => {
+                    MetaValue::Array(MetaArray::String(a[..KEEP.min(a.len())].to_vec()))
+                }
+                MetaValue::Array(MetaArray::I32(a)) => {
+                    MetaValue::Array(MetaArray::I32(a[..KEEP.min(a.len())].to_vec()))
+                }
+                MetaValue::Array(MetaArray::F32(a)) => {
+                    MetaValue::Array(MetaArray::F32(a[..KEEP.min(a.len())].to_vec()))
+                }
+                other => other.clone(),
+            };
+            meta.push((k.clone(), v));
+        }
+        let tensors: Vec<(String, candle_core::quantized::QTensor)> = lin
+            .tensors
+            .iter()
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    lin.qtensor(&t.name, &candle_core::Device::Cpu).unwrap(),
+                )
+            })
+            .collect();
+        let out = tmp.path().join("tok.gguf");
+        expert::formats::gguf::write_file(&out, &meta, &tensors).unwrap();
+        put(
+            "gguf",
+            "linear-smollm2-tokenizer.gguf",
+            &std::fs::read(&out).unwrap(),
+        );
+    }
     // safetensors: the `linear` fixture's weights; the sharded index.
     put(
         "safetensors",
