@@ -63,6 +63,40 @@ pub fn files(dir: &Path) -> Result<Vec<PathBuf>> {
     bail!("{}: no {SINGLE} or {INDEX} found", dir.display())
 }
 
+/// The tensors a safetensors file's header declares: (name, dtype, shape),
+/// read without mapping the file (the header only: 8 bytes of length, then
+/// JSON). None when the header cannot be read that way; opening the file
+/// for real then says what is wrong with it.
+pub fn header_tensors(path: &Path) -> Option<Vec<(String, String, Vec<u64>)>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).ok()?;
+    let size = f.metadata().ok()?.len();
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n).ok()?;
+    let n = u64::from_le_bytes(n);
+    if n > size.saturating_sub(8) || n > 100 << 20 {
+        return None;
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&header).ok()?;
+    let mut out = Vec::new();
+    for (name, t) in v.as_object()? {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype = t.get("dtype")?.as_str()?.to_string();
+        let shape = t
+            .get("shape")?
+            .as_array()?
+            .iter()
+            .map(|d| d.as_u64())
+            .collect::<Option<Vec<u64>>>()?;
+        out.push((name.clone(), dtype, shape));
+    }
+    Some(out)
+}
+
 /// A checkpoint's files, memory-mapped, and which file holds each tensor.
 pub struct Checkpoint {
     pub st: MmapedSafetensors,

@@ -8,6 +8,7 @@
 
 pub mod gguf;
 pub mod hub;
+pub mod memory;
 pub mod quantizing;
 pub mod safetensors;
 
@@ -62,6 +63,15 @@ pub fn load(spec: &ModelSpec) -> Result<LoadedModel> {
             );
         }
         let file = GgufFile::open(&path)?;
+        if spec.device.is_cpu() {
+            let mapped = std::fs::metadata(&path).map_or(0, |m| m.len());
+            memory::check_fits(
+                &path,
+                memory::gguf_need(&file, spec.dtype),
+                mapped,
+                spec.dtype,
+            )?;
+        }
         let model = gguf_model(&file, spec.dtype, &spec.device)?;
         let tokenizer = crate::tokenizer::gguf::load(&file)?;
         let eos_ids = crate::tokenizer::gguf::eog_ids(&file);
@@ -73,6 +83,19 @@ pub fn load(spec: &ModelSpec) -> Result<LoadedModel> {
             path,
             quant_report: None,
         });
+    }
+    if spec.device.is_cpu() && spec.quantize.is_none() {
+        // Before the files are mapped: a header that promises more than
+        // the machine has fails here, saying how much it needs.
+        if let Ok(files) = crate::formats::safetensors::files(&path) {
+            if let Some(need) = memory::safetensors_need(&files, spec.dtype) {
+                let mapped = files
+                    .iter()
+                    .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+                    .sum();
+                memory::check_fits(&path, need, mapped, spec.dtype)?;
+            }
+        }
     }
     let (model, quant_report) = match spec.quantize {
         Some(q) => {

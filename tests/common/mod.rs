@@ -2,6 +2,8 @@
 //! running the `expert` binary.
 #![allow(dead_code)]
 
+pub mod process;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -52,7 +52,10 @@ pub(super) fn stream(
     let opens_thinking = prompt_opens_thinking(prompt);
     let display = ThinkingDisplay::for_stdout(format.hide_thinking);
     let mut filter = ThinkFilter::new(display, opens_thinking);
+    // On a terminal, what the model emits is shown, never obeyed.
+    let mut escaper = ControlEscaper::new(std::io::stdout().is_terminal());
     let mut stdout = std::io::stdout();
+    let mut out_error: Option<std::io::Error> = None;
     let _guard = interrupt::Generating::start();
     let gen = engine.generate(
         ids,
@@ -61,17 +64,31 @@ pub(super) fn stream(
         opts,
         Some(interrupt::flag()),
         &mut |piece| {
-            if !format.json {
-                stdout.write_all(filter.push(piece).as_bytes())?;
-                stdout.flush()?;
+            if !format.json && out_error.is_none() {
+                let shown = filter.push(&escaper.push(piece));
+                if let Err(e) = stdout
+                    .write_all(shown.as_bytes())
+                    .and_then(|_| stdout.flush())
+                {
+                    // Nobody reads the answer any more (a closed pipe or
+                    // terminal): stop it; what was generated is kept.
+                    out_error = Some(e);
+                    interrupt::flag().store(true, std::sync::atomic::Ordering::SeqCst);
+                }
             }
             Ok(())
         },
     )?;
+    if let Some(e) = out_error {
+        eprintln!("warning: cannot write the answer ({e}); it was stopped");
+    }
     let tail = if format.json {
         String::new()
     } else {
-        filter.finish()
+        let rest = escaper.finish();
+        let mut tail = filter.push(&rest);
+        tail.push_str(&filter.finish());
+        tail
     };
     Ok(Answer {
         gen,
@@ -111,6 +128,61 @@ impl Answer {
         stdout.write_all(end.as_bytes())?;
         stdout.flush()?;
         Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Control characters
+
+/// Makes the control characters in a model's output visible instead of
+/// letting the terminal act on them: an escape sequence could move the
+/// cursor, recolour or retitle the terminal, or hide text. C0 controls and
+/// DEL in caret notation (`^[`, `^G`, `^?`), C1 controls and bidirectional
+/// overrides as `\u{..}`; newline, tab and CR LF pass. Off (identity) when
+/// stdout is not a terminal: a pipe gets the text exactly as generated.
+pub(super) struct ControlEscaper {
+    active: bool,
+    /// A CR at the end of the last piece, waiting to see whether LF follows.
+    cr: bool,
+}
+
+impl ControlEscaper {
+    pub(super) fn new(active: bool) -> Self {
+        Self { active, cr: false }
+    }
+
+    pub(super) fn push(&mut self, text: &str) -> String {
+        if !self.active {
+            return text.to_string();
+        }
+        let mut out = String::with_capacity(text.len());
+        for c in text.chars() {
+            if std::mem::take(&mut self.cr) {
+                out.push_str(if c == '\n' { "\r" } else { "^M" });
+            }
+            match c {
+                '\r' => self.cr = true,
+                '\n' | '\t' => out.push(c),
+                c if (c as u32) < 0x20 => {
+                    out.push('^');
+                    out.push(char::from(c as u8 + 0x40));
+                }
+                '\x7f' => out.push_str("^?"),
+                '\u{80}'..='\u{9f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => {
+                    out.push_str(&format!("\\u{{{:x}}}", c as u32))
+                }
+                c => out.push(c),
+            }
+        }
+        out
+    }
+
+    pub(super) fn finish(&mut self) -> String {
+        if std::mem::take(&mut self.cr) {
+            "^M".into()
+        } else {
+            String::new()
+        }
     }
 }
 
@@ -341,6 +413,25 @@ mod tests {
             ""
         );
         assert_eq!(hide_thinking("no thinking here", false), "no thinking here");
+    }
+
+    #[test]
+    fn control_characters_are_shown_not_obeyed_on_a_terminal() {
+        let text = "a\x1b[2J\x1b]0;pwned\x07b\r\nc\rd\te\x7f\u{9b}31m\u{202e}f\r";
+        let want = "a^[[2J^[]0;pwned^Gb\r\nc^Md\te^?\\u{9b}31m\\u{202e}f^M";
+        for cut in 0..=text.len() {
+            if !text.is_char_boundary(cut) {
+                continue;
+            }
+            let mut e = ControlEscaper::new(true);
+            let out = e.push(&text[..cut]) + &e.push(&text[cut..]) + &e.finish();
+            assert_eq!(out, want, "cut at {cut}");
+            assert!(!out
+                .chars()
+                .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r'));
+        }
+        let mut plain = ControlEscaper::new(false);
+        assert_eq!(plain.push(text) + &plain.finish(), text);
     }
 
     #[test]

@@ -7,7 +7,8 @@ use anyhow::{Context, Result};
 use rustyline::error::ReadlineError;
 use rustyline::history::FileHistory;
 use rustyline::{Config, Editor};
-use std::io::BufRead;
+use std::collections::VecDeque;
+use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
 pub const PROMPT: &str = ">>> ";
@@ -23,18 +24,29 @@ pub enum Entry {
     Interrupted,
     /// Ctrl-D, or the end of the input.
     Eof,
+    /// A line that could not be read as text (invalid UTF-8): what to tell
+    /// the user. The entry it belonged to is skipped; reading goes on.
+    Invalid(String),
 }
 
 enum Line {
     Text(String),
     Interrupted,
     Eof,
+    Invalid(String),
 }
 
 pub struct Input {
     source: Source,
     /// Lines of a multi-line paste still to be read.
-    pending: std::collections::VecDeque<String>,
+    pending: VecDeque<String>,
+    /// Lines typed while an answer streamed, sent next (shown after the prompt).
+    typed: VecDeque<Result<String, String>>,
+    /// A line typed while an answer streamed but not finished with Enter:
+    /// the editor starts with it.
+    unfinished: String,
+    /// Lines read from a pipe or file so far (for error messages).
+    line_no: usize,
 }
 
 enum Source {
@@ -75,6 +87,9 @@ impl Input {
                 history,
             },
             pending: Default::default(),
+            typed: Default::default(),
+            unfinished: String::new(),
+            line_no: 0,
         })
     }
 
@@ -83,6 +98,9 @@ impl Input {
         Self {
             source: Source::Lines(reader),
             pending: Default::default(),
+            typed: Default::default(),
+            unfinished: String::new(),
+            line_no: 0,
         }
     }
 
@@ -90,29 +108,74 @@ impl Input {
         matches!(self.source, Source::Terminal { .. })
     }
 
+    /// Keys typed while an answer streamed (see `terminal::TypeAhead`):
+    /// their complete lines are read next, an unfinished one starts the
+    /// next line in the editor.
+    pub fn type_ahead(&mut self, bytes: &[u8]) {
+        let (lines, rest) = typed_lines(bytes);
+        self.typed.extend(lines);
+        self.unfinished.push_str(&rest);
+    }
+
     fn line(&mut self, prompt: &str) -> Result<Line> {
         if let Some(l) = self.pending.pop_front() {
             return Ok(Line::Text(l));
         }
+        if let Some(typed) = self.typed.pop_front() {
+            // Typed ahead: shown as if typed at this prompt.
+            if self.is_terminal() {
+                let shown = typed.as_deref().unwrap_or("");
+                let mut out = std::io::stdout();
+                let _ = writeln!(out, "{prompt}{shown}").and_then(|_| out.flush());
+            }
+            return Ok(match typed {
+                Ok(l) => Line::Text(l),
+                Err(why) => Line::Invalid(why),
+            });
+        }
         match &mut self.source {
-            Source::Terminal { editor, .. } => match editor.readline(prompt) {
-                Ok(l) => Ok(Line::Text(l)),
-                Err(ReadlineError::Interrupted) => Ok(Line::Interrupted),
-                Err(ReadlineError::Eof) => Ok(Line::Eof),
-                Err(e) => Err(anyhow::Error::new(e).context("cannot read input")),
-            },
+            Source::Terminal { editor, .. } => {
+                let initial = std::mem::take(&mut self.unfinished);
+                match editor.readline_with_initial(prompt, (&initial, "")) {
+                    Ok(l) => Ok(Line::Text(l)),
+                    Err(ReadlineError::Interrupted) => Ok(Line::Interrupted),
+                    Err(ReadlineError::Eof) => Ok(Line::Eof),
+                    Err(ReadlineError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                        // The rest of that line is still queued: drop it too.
+                        #[cfg(unix)]
+                        // SAFETY: discards the terminal's pending input.
+                        unsafe {
+                            libc::tcflush(0, libc::TCIFLUSH);
+                        }
+                        Ok(Line::Invalid(
+                            "the line typed is not valid UTF-8 (is the terminal set to UTF-8?); it was skipped"
+                                .into(),
+                        ))
+                    }
+                    Err(e) => Err(anyhow::Error::new(e).context("cannot read input")),
+                }
+            }
             Source::Lines(r) => {
-                let mut s = String::new();
-                if r.read_line(&mut s).context("cannot read stdin")? == 0 {
+                let mut b = Vec::new();
+                if r.read_until(b'\n', &mut b).context("cannot read stdin")? == 0 {
                     return Ok(Line::Eof);
                 }
-                if s.ends_with('\n') {
-                    s.pop();
-                    if s.ends_with('\r') {
-                        s.pop();
+                self.line_no += 1;
+                if b.ends_with(b"\n") {
+                    b.pop();
+                    if b.ends_with(b"\r") {
+                        b.pop();
                     }
                 }
-                Ok(Line::Text(s))
+                Ok(match String::from_utf8(b) {
+                    Ok(s) => Line::Text(s),
+                    Err(e) => Line::Invalid(format!(
+                        "stdin line {}: not valid UTF-8 (byte 0x{:02x} at byte {}); the message was skipped",
+                        self.line_no,
+                        e.as_bytes()[e.utf8_error().valid_up_to()],
+                        e.utf8_error().valid_up_to() + 1
+                    )),
+                })
             }
         }
     }
@@ -123,7 +186,11 @@ impl Input {
             Line::Text(t) => t,
             Line::Interrupted => return Ok(Entry::Interrupted),
             Line::Eof => return Ok(Entry::Eof),
+            Line::Invalid(why) => return Ok(Entry::Invalid(why)),
         };
+        // A bad line inside a block or a continued message spoils that
+        // entry: it is read to its end and skipped as a whole.
+        let mut invalid: Option<String> = None;
         // A paste of several lines (bracketed paste) arrives at once: as one
         // message, unless it opens a """ block, whose lines are read as typed.
         let first = match first.split_once('\n') {
@@ -153,6 +220,9 @@ impl Input {
                             }
                             lines.push(t);
                         }
+                        Line::Invalid(why) => {
+                            invalid.get_or_insert(why);
+                        }
                         Line::Interrupted => return Ok(Entry::Interrupted),
                         Line::Eof => return Ok(Entry::Eof),
                     }
@@ -175,6 +245,10 @@ impl Input {
                         lines.push(t);
                         break;
                     }
+                    Line::Invalid(why) => {
+                        invalid = Some(why);
+                        break;
+                    }
                     Line::Interrupted => return Ok(Entry::Interrupted),
                     Line::Eof => return Ok(Entry::Eof),
                 }
@@ -183,6 +257,9 @@ impl Input {
         } else {
             first
         };
+        if let Some(why) = invalid {
+            return Ok(Entry::Invalid(why));
+        }
         self.remember(&entry);
         Ok(Entry::Text(entry))
     }
@@ -204,6 +281,62 @@ impl Input {
             }
         }
     }
+}
+
+/// Keys typed into the quiet terminal while an answer streamed → the
+/// complete lines (Enter: CR or LF) and what follows the last one. Backspace
+/// and Ctrl-U edit as the terminal would have; escape sequences (arrow keys)
+/// and other control keys are dropped. A line that is not UTF-8 is an error.
+pub fn typed_lines(bytes: &[u8]) -> (Vec<Result<String, String>>, String) {
+    let mut lines = Vec::new();
+    let mut cur: Vec<u8> = Vec::new();
+    let mut i = 0;
+    let text = |b: Vec<u8>| {
+        String::from_utf8(b).map_err(|_| {
+            "a line typed during the answer is not valid UTF-8 (is the terminal set to UTF-8?); it was skipped"
+                .to_string()
+        })
+    };
+    while i < bytes.len() {
+        let b = bytes[i];
+        i += 1;
+        match b {
+            b'\r' | b'\n' => {
+                if b == b'\r' && bytes.get(i) == Some(&b'\n') {
+                    i += 1;
+                }
+                lines.push(text(std::mem::take(&mut cur)));
+            }
+            0x7f | 0x08 => {
+                // One character back (a whole UTF-8 sequence).
+                while let Some(c) = cur.pop() {
+                    if c & 0xc0 != 0x80 {
+                        break;
+                    }
+                }
+            }
+            0x15 => cur.clear(),
+            0x1b => {
+                // ESC [ params final, ESC O x, or a lone ESC.
+                match bytes.get(i) {
+                    Some(b'[') => {
+                        i += 1;
+                        while i < bytes.len() && !(0x40..=0x7e).contains(&bytes[i]) {
+                            i += 1;
+                        }
+                        i += 1;
+                    }
+                    Some(b'O') => i += 2,
+                    _ => {}
+                }
+            }
+            b'\t' => cur.push(b),
+            c if c < 0x20 => {}
+            c => cur.push(c),
+        }
+    }
+    let rest = String::from_utf8_lossy(&cur).into_owned();
+    (lines, rest)
 }
 
 /// A line ending in a backslash, without it and the spaces before it.
@@ -311,6 +444,58 @@ mod tests {
             pasted("\"\"\"\nWrite a poem\nabout the sea.\n\"\"\""),
             text("Write a poem\nabout the sea.")
         );
+    }
+
+    #[test]
+    fn invalid_utf8_lines_are_skipped_and_reading_goes_on() {
+        let mut input = Input::lines(Box::new(std::io::Cursor::new(
+            b"ok\nbad \xff\xfe\n\"\"\"\nblock \xc3\nline\n\"\"\"\ncont \\\n\x80\nnext\n".to_vec(),
+        )));
+        let mut got = Vec::new();
+        loop {
+            match input.read().unwrap() {
+                Entry::Eof => break,
+                e => got.push(e),
+            }
+        }
+        assert_eq!(got.len(), 5, "{got:?}");
+        assert_eq!(got[0], text("ok"));
+        let Entry::Invalid(why) = &got[1] else {
+            panic!("{got:?}")
+        };
+        assert!(
+            why.contains("stdin line 2") && why.contains("0xff"),
+            "{why}"
+        );
+        // The whole block and the whole continued message are skipped, not
+        // split into stray messages.
+        assert!(matches!(&got[2], Entry::Invalid(w) if w.contains("line 4")));
+        assert!(matches!(&got[3], Entry::Invalid(w) if w.contains("line 8")));
+        assert_eq!(got[4], text("next"));
+    }
+
+    #[test]
+    fn typed_ahead_keys_become_lines() {
+        let (lines, rest) = typed_lines(
+            b"hel\x7flo\rsecond\x1b[A\x1bOB line\r\nwith\x15again\nbad \xff\nunfini\xc3\xa9",
+        );
+        assert_eq!(
+            lines,
+            [
+                Ok("helo".to_string()),
+                Ok("second line".to_string()),
+                Ok("again".to_string()),
+                Err(lines[3].clone().unwrap_err())
+            ]
+        );
+        assert_eq!(rest, "unfinié");
+        // Backspace removes a whole character.
+        assert_eq!(typed_lines("é\x7f".as_bytes()).1, "");
+        let mut input = Input::lines(Box::new(std::io::Cursor::new("piped\n".to_string())));
+        input.type_ahead(b"typed\n\"\"\"\na\nb\n\"\"\"\n");
+        assert_eq!(input.read().unwrap(), text("typed"));
+        assert_eq!(input.read().unwrap(), text("a\nb"));
+        assert_eq!(input.read().unwrap(), text("piped"));
     }
 
     #[test]

@@ -10,6 +10,11 @@ mod input;
 mod interrupt;
 mod oneshot;
 mod repl;
+#[cfg(unix)]
+mod terminal;
+#[cfg(not(unix))]
+#[path = "terminal_stub.rs"]
+mod terminal;
 
 use super::ModelArgs;
 use crate::model::ModelConfig;
@@ -225,6 +230,44 @@ impl ChatArgs {
             model: path.to_string_lossy().into_owned(),
             ..self.model.clone()
         }
+    }
+}
+
+/// The REPL's input handling as plain functions, for `tests/fuzz`: bytes as
+/// stdin → the entries read (`Ok` text or `Err` why skipped), each command
+/// line parsed; keys typed during an answer → lines.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::input::{typed_lines, Entry, Input};
+
+    /// Reads `bytes` as piped stdin; returns each entry and, for a command,
+    /// its parse (`/…` lines), as the REPL would see them.
+    pub fn repl_input(bytes: &[u8]) -> Vec<Result<String, String>> {
+        let mut input = Input::lines(Box::new(std::io::Cursor::new(bytes.to_vec())));
+        let mut out = Vec::new();
+        loop {
+            match input.read() {
+                Ok(Entry::Eof) => return out,
+                Ok(Entry::Interrupted) => out.push(Err("interrupted".into())),
+                Ok(Entry::Invalid(why)) => out.push(Err(why)),
+                Ok(Entry::Text(t)) => {
+                    if t.starts_with('/') && !t.contains('\n') {
+                        let parsed = super::repl::commands::describe(t.trim());
+                        out.push(parsed.map_err(|e| e.to_string()));
+                    }
+                    out.push(Ok(t));
+                }
+                Err(e) => {
+                    out.push(Err(e.to_string()));
+                    return out;
+                }
+            }
+        }
+    }
+
+    /// Keys typed while an answer streams → complete lines and the rest.
+    pub fn type_ahead(bytes: &[u8]) -> (Vec<Result<String, String>>, String) {
+        typed_lines(bytes)
     }
 }
 

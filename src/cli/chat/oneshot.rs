@@ -14,6 +14,8 @@ use std::io::Write;
 use std::path::Path;
 
 pub(super) fn run(args: ChatArgs) -> Result<()> {
+    // Before loading: a signal while the model loads exits cleanly too.
+    interrupt::install_handler();
     let messages = if args.raw {
         Vec::new()
     } else {
@@ -67,12 +69,12 @@ pub(super) fn run(args: ChatArgs) -> Result<()> {
         stop_strings: args.stop.clone(),
     };
     let mut sampler = Sampler::new(params)?;
-    interrupt::install_handler();
     let format = AnswerFormat {
         hide_thinking: args.hide_thinking,
         json: args.json,
     };
     let mut engine = Engine::new(loaded.model.clone());
+    let busy = interrupt::Busy::start();
     let answer = answer::stream(
         &mut engine,
         &loaded.tokenizer,
@@ -86,6 +88,13 @@ pub(super) fn run(args: ChatArgs) -> Result<()> {
     if args.stats {
         eprint!("{}", stats_report(&answer.gen.stats));
     }
+    busy.finish(|sig| {
+        let _ = writeln!(
+            std::io::stderr(),
+            "({} received; exiting)",
+            interrupt::signal_name(sig)
+        );
+    });
     if answer.interrupted() {
         std::process::exit(130);
     }

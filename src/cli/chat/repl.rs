@@ -6,10 +6,11 @@
 //! prefilled, and where the template rewrites history (Qwen3 drops the
 //! thinking of earlier answers) the cache is cut back to where the texts part.
 
-mod commands;
+pub(super) mod commands;
 
 use super::answer::{self, answer_budget, stats_line, AnswerFormat};
 use super::input::{Entry, Input};
+use super::terminal::TypeAhead;
 use super::{context_window, interrupt, ChatArgs};
 use crate::chat::conversation::{Conversation, Fitted, Turn};
 use crate::chat::prompt::Prompter;
@@ -18,7 +19,7 @@ use crate::generate::{Engine, GenerateOptions, Stats, StopReason};
 use crate::load::LoadedModel;
 use crate::sampling::{Sampler, SamplingParams};
 use anyhow::Result;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 struct Repl {
@@ -55,6 +56,11 @@ pub(super) fn run(args: ChatArgs) -> Result<()> {
         _ => None,
     };
     let terminal = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    // The line editor, then the signal handler: on a terminal the editor
+    // installs a SIGINT handler of its own when created, which ours must
+    // replace. Both before loading, so a signal while loading exits cleanly.
+    let mut input = Input::from_stdin(terminal)?;
+    interrupt::install_handler();
     eprintln!("loading {} ...", path.display());
     let loaded = args.local_model(&path).load()?;
     let prompter = Prompter::load(&path, loaded.chat_template.as_deref(), &loaded.tokenizer)?;
@@ -95,10 +101,6 @@ pub(super) fn run(args: ChatArgs) -> Result<()> {
     if let Some(system) = &args.system {
         repl.conversation.system = Some(system.clone());
     }
-    // The line editor first: on a terminal it installs its own SIGINT
-    // handler, which ours must replace (see `interrupt::install_handler`).
-    let mut input = Input::from_stdin(terminal)?;
-    interrupt::install_handler();
     if input.is_terminal() {
         println!(
             "expert chat · {} · /help for commands, Ctrl-D or /exit to quit",
@@ -118,22 +120,38 @@ pub(super) fn run(args: ChatArgs) -> Result<()> {
                 eprintln!("(Ctrl-C again, Ctrl-D or /exit to quit)");
                 continue;
             }
+            Entry::Invalid(why) => {
+                eprintln!("error: {why}");
+                continue;
+            }
             Entry::Text(t) => t,
         };
         ctrl_c = false;
         if text.trim().is_empty() {
             continue;
         }
-        if text.starts_with('/') && !text.contains('\n') {
+        // From here until the answer is saved, a signal waits for the work
+        // (see `interrupt`); keys typed meanwhile are kept for the next turn.
+        let busy = interrupt::Busy::start();
+        let typing = TypeAhead::start(input.is_terminal());
+        let flow = if text.starts_with('/') && !text.contains('\n') {
             match repl.command(text.trim()) {
-                Ok(Flow::Exit) => break,
-                Ok(Flow::Continue) => {}
-                Err(e) => repl.error(&e),
+                Ok(flow) => flow,
+                Err(e) => {
+                    repl.error(&e);
+                    Flow::Continue
+                }
             }
-            continue;
-        }
-        if let Err(e) = repl.turn(&text) {
-            repl.error(&e);
+        } else {
+            if let Err(e) = repl.turn(&text) {
+                repl.error(&e);
+            }
+            Flow::Continue
+        };
+        input.type_ahead(&typing.finish());
+        busy.finish(|sig| repl.signal_exit(sig));
+        if let Flow::Exit = flow {
+            break;
         }
     }
     if input.is_terminal() {
@@ -155,6 +173,19 @@ impl Repl {
         } else {
             println!("{text}");
         }
+    }
+
+    /// The last words when SIGTERM or SIGHUP ended a turn.
+    fn signal_exit(&self, sig: i32) {
+        let saved = match &self.session {
+            Some(f) => format!("; the conversation is saved in {}", f.display()),
+            None => String::new(),
+        };
+        let _ = writeln!(
+            std::io::stderr(),
+            "({} received{saved}; exiting)",
+            interrupt::signal_name(sig)
+        );
     }
 
     fn autosave(&self) {

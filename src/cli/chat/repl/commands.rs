@@ -53,6 +53,11 @@ enum Command<'a> {
     Unknown(&'a str),
 }
 
+/// A command line parsed, as text (for tests/fuzz: the parser never panics).
+pub(in crate::cli::chat) fn describe(line: &str) -> Result<String> {
+    parse(line).map(|c| format!("{c:?}"))
+}
+
 fn parse(line: &str) -> Result<Command<'_>> {
     let (name, rest) = match line.split_once(char::is_whitespace) {
         Some((n, r)) => (n, r.trim()),
