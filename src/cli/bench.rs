@@ -5,6 +5,7 @@
 //! sees the same ids. Decoding is greedy and ignores eos so every run
 //! generates exactly `--gen-tokens` tokens.
 
+use super::adapters::AdapterArgs;
 use super::ModelArgs;
 use anyhow::{bail, Result};
 use candle_core::Tensor;
@@ -15,6 +16,8 @@ use std::time::Instant;
 pub struct BenchArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub adapters: AdapterArgs,
     /// Prompt length in tokens.
     #[arg(long, default_value_t = 128)]
     pub prompt_tokens: usize,
@@ -43,6 +46,8 @@ pub struct BenchResult {
     pub load_s: f64,
     pub dtype: String,
     pub device: String,
+    /// The adapter in use (", merged" when folded in), if any.
+    pub expert: Option<String>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -55,7 +60,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         bail!("--runs, --prompt-tokens and --gen-tokens must be positive");
     }
     let t0 = Instant::now();
-    let loaded = args.model.load()?;
+    args.adapters.precheck()?;
+    let mut loaded = args.model.load()?;
+    let experts = args.adapters.load(&mut loaded)?;
     let load_s = t0.elapsed().as_secs_f64();
     let base = loaded.tokenizer.encode(BENCH_TEXT)?;
     let prompt: Vec<u32> = base
@@ -65,6 +72,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .take(args.prompt_tokens)
         .collect();
     let mut engine = crate::generate::Engine::new(loaded.model.clone());
+    engine.set_adapter(experts.fixed()?);
+    engine.set_merged(experts.merged.clone());
     let (mut prefill, mut decode, mut ttft) = (vec![], vec![], vec![]);
     for run in 0..=args.runs {
         engine.reset();
@@ -98,6 +107,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         } else {
             "cuda".into()
         },
+        expert: engine.expert_name(),
     };
     if args.json {
         println!("{}", serde_json::to_string(&r)?);
@@ -111,6 +121,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
             r.gen_tokens,
             r.runs
         );
+        if let Some(e) = &r.expert {
+            println!("  expert          {e}");
+        }
         println!("  load            {:>10.2} s", r.load_s);
         println!("  prefill         {:>10.1} tok/s", r.prefill_tokens_per_s);
         println!("  first token     {:>10.3} s", r.time_to_first_token_s);

@@ -1,10 +1,12 @@
 //! Command-line interface: one file per subcommand.
 
+pub mod adapters;
 pub mod bench;
 pub mod chat;
 pub mod inspect;
 pub mod perplexity;
 pub mod quantize;
+pub mod route;
 
 use crate::load::{LoadedModel, ModelSpec};
 use clap::{Args, Parser, Subcommand};
@@ -32,6 +34,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Quantize a safetensors model into a GGUF file (llama.cpp layout).
     Quantize(quantize::QuantizeArgs),
+    /// Rank the experts of a manifest for a prompt (what --expert auto would pick), without generating.
+    Route(route::RouteArgs),
 }
 
 /// Where the model comes from and how it is computed.
@@ -115,6 +119,7 @@ pub fn main() -> i32 {
         Command::Inspect(a) => inspect::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Quantize(a) => quantize::run(a),
+        Command::Route(a) => route::run(a),
     };
     match result {
         Ok(()) => 0,

@@ -5,6 +5,7 @@
 use super::config::ModelConfig;
 use super::kv_cache::LayerKv;
 use super::linear::Linear;
+use super::lora::{pick, LayerLora};
 use super::rope::RopeTables;
 use super::weights::WeightSource;
 use candle_core::{Result, Tensor};
@@ -43,10 +44,12 @@ impl Mlp {
         })
     }
 
-    /// SwiGLU: down(silu(gate(x)) * up(x)).
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+    /// SwiGLU: down(silu(gate(x)) * up(x)), each projection with the
+    /// layer's LoRA delta when `lora` has one.
+    pub fn forward(&self, x: &Tensor, lora: Option<&LayerLora>) -> Result<Tensor> {
+        let gate = candle_nn::ops::silu(&self.gate_proj.forward_with(x, pick(lora, 4))?)?;
+        let up = self.up_proj.forward_with(x, pick(lora, 5))?;
+        self.down_proj.forward_with(&(gate * up)?, pick(lora, 6))
     }
 }
 
@@ -90,15 +93,27 @@ impl Attention {
 
     /// x: (B, L, hidden) for positions `kv.len()..kv.len()+L`; returns
     /// (B, L, hidden) and appends this chunk's keys/values to `kv`.
-    pub fn forward(&self, x: &Tensor, rope: &RopeTables, kv: &mut LayerKv) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rope: &RopeTables,
+        kv: &mut LayerKv,
+        lora: Option<&LayerLora>,
+    ) -> Result<Tensor> {
         let (b, l, _) = x.dims3()?;
         let offset = kv.len();
         let heads = |t: Tensor, n: usize| t.reshape((b, l, n, self.head_dim));
 
         // 1. Project to per-head queries, keys and values: (B, L, H, D).
-        let mut q = heads(self.q_proj.forward(x)?, self.num_heads)?;
-        let mut k = heads(self.k_proj.forward(x)?, self.num_kv_heads)?;
-        let v = heads(self.v_proj.forward(x)?, self.num_kv_heads)?;
+        let mut q = heads(self.q_proj.forward_with(x, pick(lora, 0))?, self.num_heads)?;
+        let mut k = heads(
+            self.k_proj.forward_with(x, pick(lora, 1))?,
+            self.num_kv_heads,
+        )?;
+        let v = heads(
+            self.v_proj.forward_with(x, pick(lora, 2))?,
+            self.num_kv_heads,
+        )?;
 
         // 2. Qwen3 normalises each head's q and k before the rotation.
         if let Some(n) = &self.q_norm {
@@ -121,7 +136,7 @@ impl Attention {
         let ctx = ctx
             .transpose(1, 2)?
             .reshape((b, l, self.num_heads * self.head_dim))?;
-        self.o_proj.forward(&ctx)
+        self.o_proj.forward_with(&ctx, pick(lora, 3))
     }
 }
 
@@ -150,14 +165,33 @@ impl DecoderLayer {
     }
 
     /// Pre-norm residual blocks: x + attn(norm(x)), then + mlp(norm(x)).
-    pub fn forward(&self, x: &Tensor, rope: &RopeTables, kv: &mut LayerKv) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rope: &RopeTables,
+        kv: &mut LayerKv,
+        lora: Option<&LayerLora>,
+    ) -> Result<Tensor> {
         let h = self
             .self_attn
-            .forward(&self.input_layernorm.forward(x)?, rope, kv)?;
+            .forward(&self.input_layernorm.forward(x)?, rope, kv, lora)?;
         let x = (x + h)?;
         let h = self
             .mlp
-            .forward(&self.post_attention_layernorm.forward(&x)?)?;
+            .forward(&self.post_attention_layernorm.forward(&x)?, lora)?;
         x + h
+    }
+
+    /// The projection `PROJECTIONS[i]` (q, k, v, o, gate, up, down), for `--merge`.
+    pub fn projection_mut(&mut self, i: usize) -> &mut Linear {
+        match i {
+            0 => &mut self.self_attn.q_proj,
+            1 => &mut self.self_attn.k_proj,
+            2 => &mut self.self_attn.v_proj,
+            3 => &mut self.self_attn.o_proj,
+            4 => &mut self.mlp.gate_proj,
+            5 => &mut self.mlp.up_proj,
+            _ => &mut self.mlp.down_proj,
+        }
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! Every projection of the model (q, k, v, o, gate, up, down and the
 //! lm_head) is a `Linear`; its product is computed in `ops::matmul`. This is
-//! the one place a LoRA delta will be added to the output.
+//! the one place a LoRA delta is added to the output (`forward_with`, a
+//! wrapper over `forward`; the delta itself is `model::lora`).
 
+use super::lora::LoraPair;
 use super::weights::{Weight, WeightSource};
 use candle_core::quantized::QMatMul;
 use candle_core::{Result, Tensor};
@@ -56,6 +58,31 @@ impl Linear {
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
+        }
+    }
+
+    /// `forward` plus an unmerged LoRA delta, when the sequence uses one.
+    pub fn forward_with(&self, x: &Tensor, lora: Option<&LoraPair>) -> Result<Tensor> {
+        let y = self.forward(x)?;
+        match lora {
+            Some(l) => y + l.delta(x)?,
+            None => Ok(y),
+        }
+    }
+
+    /// Folds `delta` (out, in) into a float weight (`--merge`). A quantized
+    /// weight is refused: re-quantizing would lose the adapter's precision.
+    pub fn merge(&mut self, delta: &Tensor) -> anyhow::Result<()> {
+        match &self.weight {
+            LinearWeight::Dense(l) => {
+                let w = l.weight();
+                let merged = (w + delta.to_dtype(w.dtype())?)?;
+                self.weight = LinearWeight::Dense(candle_nn::Linear::new(merged, None));
+                Ok(())
+            }
+            LinearWeight::Quantized(_) => anyhow::bail!(
+                "--merge needs float weights; this base is quantized (leave out --merge: the adapter is applied unmerged)"
+            ),
         }
     }
 }
