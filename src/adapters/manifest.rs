@@ -68,7 +68,7 @@ impl Manifest {
             let msg = e.message().replace('\n', " ");
             let line = e
                 .span()
-                .map(|s| format!(" (line {})", text[..s.start].lines().count().max(1)))
+                .map(|s| format!(" (line {})", text[..s.start].matches('\n').count() + 1))
                 .unwrap_or_default();
             anyhow!("{file}: invalid manifest{line}: {msg}")
         })?;

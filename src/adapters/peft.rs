@@ -194,6 +194,9 @@ pub struct LoadedAdapter {
     pub info: AdapterInfo,
 }
 
+/// A tensor with its name in the file, once seen.
+type Named = Option<(String, Tensor)>;
+
 /// A tensor name of the file, split: (module, "A" | "B").
 fn split_name(name: &str) -> Result<(String, char)> {
     let short = name.strip_prefix("base_model.model.").unwrap_or(name);
@@ -251,8 +254,7 @@ pub fn load(
     let shapes: HashMap<String, Vec<usize>> = expected_tensors(cfg).into_iter().collect();
     let prefix = "model.layers.";
     // module → (A, B)
-    let mut pairs: BTreeMap<String, (Option<(String, Tensor)>, Option<(String, Tensor)>)> =
-        BTreeMap::new();
+    let mut pairs: BTreeMap<String, (Named, Named)> = BTreeMap::new();
     let mut dtypes = BTreeSet::new();
     for (tname, t) in tensors {
         let (module, which) = split_name(&tname).with_context(|| fname.clone())?;
