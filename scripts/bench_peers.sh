@@ -127,9 +127,13 @@ for row in "${rows[@]}"; do
   i=$((i + 1))
   key=$(echo "$label" | cut -d' ' -f1)
   if [ "$ROWS" != all ] && [[ ",$ROWS," != *",$key,"* ]]; then continue; fi
+  # Both engines load from a warm page cache (this VM reclaims cold pages).
+  warm() { if [ -d "$1" ]; then cat "$1"/*.safetensors >/dev/null; else cat "$1" >/dev/null; fi; }
+  warm "$model"
   log "$label: expert"
   # shellcheck disable=SC2086
   "$EXE" bench -m "$model" $flags -p "$P" -n "$N" -r "$R" -t "$T" --json > "$RES/$i-expert.json"
+  warm "$gguf"
   log "$label: llama.cpp"
   "$LB" -m "$gguf" -p "$P" -n "$N" -r "$R" -t "$T" -o json > "$RES/$i-llama.json" 2>/dev/null
   echo "$label" > "$RES/$i-label"

@@ -2,7 +2,7 @@
 //! the KV cache already holds), then decode one token at a time until an eos
 //! id, a stop string, the token budget or an interrupt.
 
-use crate::model::{KvCache, Model};
+use crate::model::{KvCache, Lora, Model};
 use crate::sampling::Sampler;
 use crate::tokenizer::Tokenizer;
 use anyhow::Result;
@@ -41,6 +41,8 @@ pub struct Stats {
     pub prefill_tokens_per_s: f64,
     pub decode_tokens_per_s: f64,
     pub stop_reason: StopReason,
+    /// The LoRA adapter (expert) that answered; None for the base model.
+    pub expert: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -52,13 +54,17 @@ pub struct Generation {
     pub stats: Stats,
 }
 
-/// One sequence's generation state over a shared model: its KV cache and
-/// the ids whose keys/values the cache holds. Two engines over the same
-/// `Arc<Model>` are two independent conversations.
+/// One sequence's generation state over a shared model: its KV cache, the
+/// ids whose keys/values the cache holds and the LoRA adapter (expert) it
+/// runs with. Two engines over the same `Arc<Model>` are two independent
+/// conversations, each with its own adapter.
 pub struct Engine {
     pub model: Arc<Model>,
     cache: KvCache,
     cached: Vec<u32>,
+    adapter: Option<Arc<Lora>>,
+    /// Named in the stats when the model itself has an adapter merged in.
+    merged: Option<String>,
 }
 
 impl Engine {
@@ -68,6 +74,42 @@ impl Engine {
             cache: model.new_cache(),
             model,
             cached: Vec::new(),
+            adapter: None,
+            merged: None,
+        }
+    }
+
+    /// Switches the adapter this conversation runs with (None: the base).
+    /// The KV cache holds keys and values computed under the previous
+    /// adapter, so it is reused only while the adapter stays the same.
+    pub fn set_adapter(&mut self, adapter: Option<Arc<Lora>>) {
+        let same = match (&self.adapter, &adapter) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            self.reset();
+        }
+        self.adapter = adapter;
+    }
+
+    pub fn adapter(&self) -> Option<&Arc<Lora>> {
+        self.adapter.as_ref()
+    }
+
+    /// Records that the model has adapter `name` merged into its weights
+    /// (`--merge`), so the stats name it.
+    pub fn set_merged(&mut self, name: Option<String>) {
+        self.merged = name;
+    }
+
+    /// The expert that answers: the adapter in use, else a merged one.
+    pub fn expert_name(&self) -> Option<String> {
+        match (&self.adapter, &self.merged) {
+            (Some(a), _) => Some(a.name.clone()),
+            (None, Some(m)) => Some(format!("{m} (merged)")),
+            (None, None) => None,
         }
     }
 
@@ -100,7 +142,9 @@ impl Engine {
         let keep = common.min(prompt.len() - 1);
         self.cache.truncate(keep);
         self.cached.truncate(keep);
-        let logits = self.model.forward_last(&prompt[keep..], &mut self.cache);
+        let logits =
+            self.model
+                .forward_last_with(&prompt[keep..], &mut self.cache, self.adapter.as_deref());
         // On error the cache may hold a partial step: forget it entirely.
         let logits = logits.inspect_err(|_| self.reset())?;
         self.cached.extend_from_slice(&prompt[keep..]);
@@ -111,7 +155,7 @@ impl Engine {
     pub fn decode_step(&mut self, id: u32) -> Result<Tensor> {
         let logits = self
             .model
-            .forward_last(&[id], &mut self.cache)
+            .forward_last_with(&[id], &mut self.cache, self.adapter.as_deref())
             .inspect_err(|_| self.reset())?;
         self.cached.push(id);
         Ok(logits)
@@ -194,6 +238,7 @@ impl Engine {
                 0.0
             },
             stop_reason: reason,
+            expert: self.expert_name(),
         };
         Ok(Generation {
             token_ids: ids,

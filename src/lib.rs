@@ -8,10 +8,12 @@
 //! - `tokenizer`: text ↔ ids (tokenizer.json or GGUF vocabularies)
 //! - `load`: a model spec → a validated model, tokenizer and eos ids;
 //!   `quantize`: the offline GGUF writer beside it
+//! - `adapters`: LoRA experts (PEFT adapters, the experts.toml manifest, the router)
 //! - `sampling`, `generate`: next-token choice; prefill/decode/stop/stream
 //! - `chat`: conversations → prompts (template, messages, thinking text)
 //! - `cli`: arguments and printing, one file per subcommand
 
+pub mod adapters;
 pub mod chat;
 pub mod cli;
 pub mod formats;

@@ -11,6 +11,7 @@
 //! thread counts runs one child process per count (same flags, the count in
 //! `EXPERT_BENCH_THREADS`), and the parent prints their results together.
 
+use super::adapters::AdapterArgs;
 use super::sysinfo::{cpu_info, peak_rss_bytes, CpuInfo};
 use super::ModelArgs;
 use anyhow::{bail, Context, Result};
@@ -23,6 +24,8 @@ use std::time::Instant;
 pub struct BenchArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub adapters: AdapterArgs,
     /// Prompt lengths to prefill (comma list; 0 skips the prefill tests).
     #[arg(
         short = 'p',
@@ -83,6 +86,8 @@ pub struct TestResult {
     pub decode_tok_s_stddev: Option<f64>,
     /// Every repetition's tokens per second.
     pub samples_tok_s: Vec<f64>,
+    /// The adapter (expert) in use (", merged" when folded in), if any.
+    pub expert: Option<String>,
     pub load_s: f64,
     /// The process's peak RSS after this test.
     pub peak_rss_bytes: u64,
@@ -151,12 +156,16 @@ fn run_child(threads: usize) -> Result<Vec<TestResult>> {
 
 fn run_tests(args: &BenchArgs) -> Result<Vec<TestResult>> {
     let t0 = Instant::now();
-    let loaded = args.model.load()?;
+    args.adapters.precheck()?;
+    let mut loaded = args.model.load()?;
+    let experts = args.adapters.load(&mut loaded)?;
     let load_s = t0.elapsed().as_secs_f64();
     let format = loaded.model.weight_format();
     let base = loaded.tokenizer.encode(BENCH_TEXT)?;
     let ids = |n: usize| -> Vec<u32> { base.iter().copied().cycle().take(n).collect() };
     let mut engine = crate::generate::Engine::new(loaded.model.clone());
+    engine.set_adapter(experts.fixed()?);
+    engine.set_merged(experts.merged.clone());
     let cpu = cpu_info();
     let threads = crate::ops::threads();
     let mut results = Vec::new();
@@ -226,6 +235,7 @@ fn run_tests(args: &BenchArgs) -> Result<Vec<TestResult>> {
             decode_tok_s: decode.0,
             decode_tok_s_stddev: decode.1,
             samples_tok_s: samples,
+            expert: engine.expert_name(),
             load_s,
             peak_rss_bytes: peak_rss_bytes(),
             cpu: cpu.clone(),
@@ -249,6 +259,9 @@ fn mean_stddev(v: &[f64]) -> (f64, f64) {
 fn print_table(results: &[TestResult]) {
     if let Some(r) = results.first() {
         println!("{} ({}, {} on {})", r.model, r.format, r.dtype, r.device);
+        if let Some(e) = &r.expert {
+            println!("expert: {e}");
+        }
         println!(
             "CPU: {} [{}], load {:.2} s",
             r.cpu.model,

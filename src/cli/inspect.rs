@@ -19,10 +19,17 @@ pub struct InspectArgs {
     /// Print everything as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Show a PEFT LoRA adapter instead: modules, rank, alpha, scale,
+    /// parameters, and whether it fits this base.
+    #[arg(long, value_name = "PATH")]
+    pub adapter: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: InspectArgs) -> Result<()> {
     let dir = args.model.resolve()?;
+    if let Some(adapter) = &args.adapter {
+        return inspect_adapter(&dir, adapter, args.json);
+    }
     if crate::formats::gguf::is_gguf(&dir) {
         return inspect_gguf(&dir, args.json);
     }
@@ -307,4 +314,53 @@ fn shown(v: &MetaValue) -> String {
         }
         v => v.to_json(16).to_string(),
     }
+}
+
+/// `inspect --adapter`: the adapter checked against the base's config (no
+/// base weights are read). A mismatch is the error.
+fn inspect_adapter(base: &Path, adapter: &Path, json: bool) -> Result<()> {
+    let cfg = if crate::formats::gguf::is_gguf(base) {
+        crate::load::gguf::config(&GgufFile::open(base)?)?
+    } else {
+        ModelConfig::from_file(&base.join("config.json"))?
+    };
+    let name = adapter
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let a = crate::adapters::peft::load(&name, adapter, &cfg, DType::F32, &Device::Cpu, 1.0)?;
+    let i = &a.info;
+    if json {
+        let mut v = serde_json::json!(i);
+        v["fits"] = serde_json::json!(true);
+        v["base"] = serde_json::json!(base);
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let modules: Vec<String> = i.modules.iter().map(|(m, n)| format!("{m} ×{n}")).collect();
+    println!("adapter      {}", i.path.display());
+    println!("modules      {}", modules.join(", "));
+    println!("targets      {}", i.target_modules);
+    println!(
+        "rank         {}  alpha {}  scale {}{}",
+        i.r,
+        i.alpha,
+        i.scale,
+        if i.use_rslora {
+            " (rsLoRA: alpha/sqrt(r))"
+        } else {
+            " (alpha/r)"
+        }
+    );
+    println!(
+        "parameters   {} in {} layers ({}, {} bytes on disk)",
+        i.parameters, i.layers, i.dtype, i.bytes
+    );
+    println!(
+        "fits         yes: every A/B pair matches {} ({} layers, hidden {})",
+        base.display(),
+        cfg.num_hidden_layers,
+        cfg.hidden_size
+    );
+    Ok(())
 }

@@ -1,10 +1,12 @@
 //! Command-line interface: one file per subcommand.
 
+pub mod adapters;
 pub mod bench;
 pub mod chat;
 pub mod inspect;
 pub mod perplexity;
 pub mod quantize;
+pub mod route;
 pub mod sysinfo;
 
 use crate::load::{LoadedModel, ModelSpec};
@@ -33,6 +35,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Quantize a safetensors model into a GGUF file (llama.cpp layout).
     Quantize(quantize::QuantizeArgs),
+    /// Rank the experts of a manifest for a prompt (what --expert auto would pick), without generating.
+    Route(route::RouteArgs),
 }
 
 /// Where the model comes from and how it is computed.
@@ -152,6 +156,7 @@ fn set_threads(command: &Command) -> anyhow::Result<()> {
         Command::Inspect(a) => a.model.single_threads()?,
         Command::Bench(a) => bench::process_threads(a)?,
         Command::Quantize(a) => a.threads.filter(|&n| n > 0),
+        Command::Route(a) => a.model.single_threads()?,
     };
     crate::ops::set_threads(threads);
     Ok(())
@@ -164,5 +169,6 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Inspect(a) => inspect::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Quantize(a) => quantize::run(a),
+        Command::Route(a) => route::run(a),
     }
 }

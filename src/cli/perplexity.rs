@@ -1,6 +1,8 @@
 //! `expert perplexity`: mean NLL of a text under the model.
 
+use super::adapters::AdapterArgs;
 use super::ModelArgs;
+use crate::model::Lora;
 use crate::model::Model;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor, D};
@@ -11,6 +13,8 @@ use std::path::PathBuf;
 pub struct PerplexityArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub adapters: AdapterArgs,
     /// UTF-8 text file to score.
     #[arg(long)]
     pub file: PathBuf,
@@ -36,9 +40,17 @@ pub struct Score {
 }
 
 pub fn run(args: PerplexityArgs) -> Result<()> {
+    args.adapters.precheck()?;
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
-    let loaded = args.model.load()?;
+    let mut loaded = args.model.load()?;
+    let experts = args.adapters.load(&mut loaded)?;
+    let adapter = experts.fixed()?;
+    if let Some(a) = &adapter {
+        eprintln!("expert: {}", a.name);
+    } else if let Some(m) = &experts.merged {
+        eprintln!("expert: {m} (merged)");
+    }
     let ids = loaded.tokenizer.encode_with_specials(&text)?;
     let model = &loaded.model;
     let max = model.config.context_length();
@@ -48,10 +60,12 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
             "--context: expected a window between 2 and the model's context of {max}, got {window}"
         );
     }
-    let score = perplexity(model, &ids, window, !args.json)?;
+    let score = perplexity_with(model, adapter.as_deref(), &ids, window, !args.json)?;
     if let Some(out) = &args.logits_out {
         let first = &ids[..window.min(ids.len())];
-        let logits = model.forward(first, &mut model.new_cache())?;
+        let hidden =
+            model.forward_hidden_with(first, &mut model.new_cache(), adapter.as_deref())?;
+        let logits = model.logits(&hidden)?;
         let ids_t = Tensor::new(first, &candle_core::Device::Cpu)?;
         let tensors = std::collections::HashMap::from([
             (
@@ -81,6 +95,17 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
 /// every token after the first is predicted from the ones before it. For a
 /// text that fits one window this is transformers' `model(ids, labels=ids).loss`.
 pub fn perplexity(model: &Model, ids: &[u32], window: usize, progress: bool) -> Result<Score> {
+    perplexity_with(model, None, ids, window, progress)
+}
+
+/// `perplexity` with a LoRA adapter applied unmerged.
+pub fn perplexity_with(
+    model: &Model,
+    lora: Option<&Lora>,
+    ids: &[u32],
+    window: usize,
+    progress: bool,
+) -> Result<Score> {
     if ids.len() < 2 {
         bail!(
             "the text has {} token(s); at least 2 are needed to score",
@@ -96,7 +121,7 @@ pub fn perplexity(model: &Model, ids: &[u32], window: usize, progress: bool) -> 
     let (mut total, mut count) = (0f64, 0usize);
     for w in windows {
         // Each window is its own sequence.
-        let hidden = model.forward_hidden(w, &mut model.new_cache())?;
+        let hidden = model.forward_hidden_with(w, &mut model.new_cache(), lora)?;
         // The lm_head runs in slices: full-vocabulary logits for a long
         // window would not fit in memory at once.
         let n = w.len() - 1;

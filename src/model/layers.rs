@@ -5,6 +5,7 @@
 use super::config::ModelConfig;
 use super::kv_cache::LayerKv;
 use super::linear::Linear;
+use super::lora::{pick, LayerLora};
 use super::rope::RopeTables;
 use super::weights::{Weight, WeightSource};
 use candle_core::quantized::{ggml_file, QTensor};
@@ -101,13 +102,20 @@ impl Mlp {
         })
     }
 
-    /// SwiGLU: down(silu(gate(x)) * up(x)).
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let [gate, up]: [Tensor; 2] = Linear::forward_many(&[&self.gate_proj, &self.up_proj], x)?
-            .try_into()
-            .map_err(|_| candle_core::Error::Msg("gate/up projections".into()))?;
+    /// SwiGLU: down(silu(gate(x)) * up(x)), each projection with the
+    /// layer's LoRA delta when `lora` has one.
+    pub fn forward(&self, x: &Tensor, lora: Option<&LayerLora>) -> Result<Tensor> {
+        let [gate, up]: [Tensor; 2] = Linear::forward_many(
+            &[
+                (&self.gate_proj, pick(lora, 4)),
+                (&self.up_proj, pick(lora, 5)),
+            ],
+            x,
+        )?
+        .try_into()
+        .map_err(|_| candle_core::Error::Msg("gate/up projections".into()))?;
         self.down_proj
-            .forward(&(candle_nn::ops::silu(&gate)? * up)?)
+            .forward_with(&(candle_nn::ops::silu(&gate)? * up)?, pick(lora, 6))
     }
 }
 
@@ -151,16 +159,28 @@ impl Attention {
 
     /// x: (B, L, hidden) for positions `kv.len()..kv.len()+L`; returns
     /// (B, L, hidden) and appends this chunk's keys/values to `kv`.
-    pub fn forward(&self, x: &Tensor, rope: &RopeTables, kv: &mut LayerKv) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rope: &RopeTables,
+        kv: &mut LayerKv,
+        lora: Option<&LayerLora>,
+    ) -> Result<Tensor> {
         let (b, l, _) = x.dims3()?;
         let offset = kv.len();
         let heads = |t: Tensor, n: usize| t.reshape((b, l, n, self.head_dim));
 
         // 1. Project to per-head queries, keys and values: (B, L, H, D).
-        let [q, k, v]: [Tensor; 3] =
-            Linear::forward_many(&[&self.q_proj, &self.k_proj, &self.v_proj], x)?
-                .try_into()
-                .map_err(|_| candle_core::Error::Msg("q/k/v projections".into()))?;
+        let [q, k, v]: [Tensor; 3] = Linear::forward_many(
+            &[
+                (&self.q_proj, pick(lora, 0)),
+                (&self.k_proj, pick(lora, 1)),
+                (&self.v_proj, pick(lora, 2)),
+            ],
+            x,
+        )?
+        .try_into()
+        .map_err(|_| candle_core::Error::Msg("q/k/v projections".into()))?;
         let mut q = heads(q, self.num_heads)?;
         let mut k = heads(k, self.num_kv_heads)?;
         let v = heads(v, self.num_kv_heads)?;
@@ -186,7 +206,7 @@ impl Attention {
         let ctx = ctx
             .transpose(1, 2)?
             .reshape((b, l, self.num_heads * self.head_dim))?;
-        self.o_proj.forward(&ctx)
+        self.o_proj.forward_with(&ctx, pick(lora, 3))
     }
 }
 
@@ -234,14 +254,33 @@ impl DecoderLayer {
     }
 
     /// Pre-norm residual blocks: x + attn(norm(x)), then + mlp(norm(x)).
-    pub fn forward(&self, x: &Tensor, rope: &RopeTables, kv: &mut LayerKv) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rope: &RopeTables,
+        kv: &mut LayerKv,
+        lora: Option<&LayerLora>,
+    ) -> Result<Tensor> {
         let h = self
             .self_attn
-            .forward(&self.input_layernorm.forward(x)?, rope, kv)?;
+            .forward(&self.input_layernorm.forward(x)?, rope, kv, lora)?;
         let x = (x + h)?;
         let h = self
             .mlp
-            .forward(&self.post_attention_layernorm.forward(&x)?)?;
+            .forward(&self.post_attention_layernorm.forward(&x)?, lora)?;
         x + h
+    }
+
+    /// The projection `PROJECTIONS[i]` (q, k, v, o, gate, up, down), for `--merge`.
+    pub fn projection_mut(&mut self, i: usize) -> &mut Linear {
+        match i {
+            0 => &mut self.self_attn.q_proj,
+            1 => &mut self.self_attn.k_proj,
+            2 => &mut self.self_attn.v_proj,
+            3 => &mut self.self_attn.o_proj,
+            4 => &mut self.mlp.gate_proj,
+            5 => &mut self.mlp.up_proj,
+            _ => &mut self.mlp.down_proj,
+        }
     }
 }

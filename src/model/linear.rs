@@ -2,8 +2,10 @@
 //!
 //! Every projection of the model (q, k, v, o, gate, up, down and the
 //! lm_head) is a `Linear`; its product is computed in `ops::matmul`. This is
-//! the one place a LoRA delta will be added to the output.
+//! the one place a LoRA delta is added to the output (`forward_with`, a
+//! wrapper over `forward`; the delta itself is `model::lora`).
 
+use super::lora::LoraPair;
 use super::weights::{Weight, WeightSource};
 use candle_core::quantized::QMatMul;
 use candle_core::{Result, Tensor};
@@ -89,15 +91,15 @@ impl Linear {
         }
     }
 
-    /// Several projections of the same input (q/k/v; gate/up), each
-    /// x (…, in) → (…, out_i) in x's dtype. For decode rows on the CPU the
-    /// input is prepared once and all rows run in one pool job
-    /// (`ops::matmul::decode_many`); otherwise one by one.
-    pub fn forward_many(ls: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>> {
+    /// Several projections of the same input (q/k/v; gate/up), each with its
+    /// LoRA delta when given: x (…, in) → (…, out_i) in x's dtype. For
+    /// decode rows on the CPU the input is prepared once and all rows run in
+    /// one pool job (`ops::matmul::decode_many`); otherwise one by one.
+    pub fn forward_many(ls: &[(&Linear, Option<&LoraPair>)], x: &Tensor) -> Result<Vec<Tensor>> {
         use crate::ops::matmul::WeightRef;
         let refs: Option<Vec<WeightRef>> = ls
             .iter()
-            .map(|l| match (&l.weight, &l.bias) {
+            .map(|(l, _)| match (&l.weight, &l.bias) {
                 (LinearWeight::Dense(d), None) => Some(WeightRef::Dense(d.weight())),
                 (LinearWeight::Quantized(QMatMul::QTensor(q)), None) => {
                     Some(WeightRef::Quantized(q))
@@ -105,12 +107,26 @@ impl Linear {
                 _ => None,
             })
             .collect();
-        if let Some(refs) = refs {
-            if let Some(ys) = crate::ops::matmul::decode_many(&refs, x)? {
-                return ys.into_iter().map(|y| y.to_dtype(x.dtype())).collect();
-            }
-        }
-        ls.iter().map(|l| l.forward(x)).collect()
+        let base = match refs {
+            Some(refs) => crate::ops::matmul::decode_many(&refs, x)?,
+            None => None,
+        };
+        let Some(base) = base else {
+            return ls
+                .iter()
+                .map(|(l, lora)| l.forward_with(x, *lora))
+                .collect();
+        };
+        base.into_iter()
+            .zip(ls)
+            .map(|(y, (_, lora))| {
+                let y = y.to_dtype(x.dtype())?;
+                match lora {
+                    Some(l) => y + l.delta(x)?,
+                    None => Ok(y),
+                }
+            })
+            .collect()
     }
 
     /// x (…, in) → (…, out), in x's dtype.
@@ -125,6 +141,40 @@ impl Linear {
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
+        }
+    }
+
+    /// `forward` plus an unmerged LoRA delta, when the sequence uses one.
+    pub fn forward_with(&self, x: &Tensor, lora: Option<&LoraPair>) -> Result<Tensor> {
+        let y = self.forward(x)?;
+        match lora {
+            Some(l) => y + l.delta(x)?,
+            None => Ok(y),
+        }
+    }
+
+    /// Folds `delta` (out, in) into a float weight (`--merge`). A quantized
+    /// weight is refused: re-quantizing would lose the adapter's precision.
+    pub fn merge(&mut self, delta: &Tensor) -> anyhow::Result<()> {
+        match &self.weight {
+            LinearWeight::Dense(l) => {
+                let w = l.weight();
+                // A bf16/f16 weight held as stored on the CPU is computed in
+                // f32: the merged weight stays f32 rather than rounding the
+                // adapter's delta to 8 bits of mantissa.
+                let half = matches!(w.dtype(), candle_core::DType::BF16 | candle_core::DType::F16);
+                let dtype = if w.device().is_cpu() && half {
+                    candle_core::DType::F32
+                } else {
+                    w.dtype()
+                };
+                let merged = (w.to_dtype(dtype)? + delta.to_dtype(dtype)?)?;
+                self.weight = LinearWeight::Dense(candle_nn::Linear::new(merged, None));
+                Ok(())
+            }
+            LinearWeight::Quantized(_) => anyhow::bail!(
+                "--merge needs float weights; this base is quantized (leave out --merge: the adapter is applied unmerged)"
+            ),
         }
     }
 }

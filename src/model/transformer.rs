@@ -10,6 +10,7 @@ use super::config::ModelConfig;
 use super::kv_cache::KvCache;
 use super::layers::{DecoderLayer, Embedding, RmsNorm};
 use super::linear::Linear;
+use super::lora::Lora;
 use super::rope::Rope;
 use super::weights::WeightSource;
 use anyhow::{bail, Result};
@@ -95,6 +96,27 @@ impl Model {
     /// Runs `ids` (appended after the positions `cache` holds) through the
     /// decoder and returns the final-normed hidden states, (L, hidden).
     pub fn forward_hidden(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        self.forward_hidden_with(ids, cache, None)
+    }
+
+    /// `forward_hidden` with a LoRA adapter applied unmerged. The cache must
+    /// have been filled under the same adapter (its keys and values depend on it).
+    pub fn forward_hidden_with(
+        &self,
+        ids: &[u32],
+        cache: &mut KvCache,
+        lora: Option<&Lora>,
+    ) -> Result<Tensor> {
+        if let Some(l) = lora {
+            if l.num_layers() != self.layers.len() {
+                bail!(
+                    "adapter {} has {} layers, the model {}",
+                    l.name,
+                    l.num_layers(),
+                    self.layers.len()
+                );
+            }
+        }
         if ids.is_empty() {
             bail!("cannot run the model on an empty token sequence");
         }
@@ -124,7 +146,7 @@ impl Model {
         let mut x = self.embed_tokens.forward(&input)?.to_dtype(self.dtype)?;
         let rope = self.rope.tables(start, ids.len(), self.dtype)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&x, &rope, cache.layer(i))?;
+            x = layer.forward(&x, &rope, cache.layer(i), lora.and_then(|l| l.layer(i)))?;
         }
         Ok(self.norm.forward(&x)?.squeeze(0)?)
     }
@@ -143,9 +165,38 @@ impl Model {
     /// f32 logits of the last position only, (vocab,): prefill's and each
     /// decode step's output.
     pub fn forward_last(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        let hidden = self.forward_hidden(ids, cache)?;
+        self.forward_last_with(ids, cache, None)
+    }
+
+    /// `forward_last` with a LoRA adapter applied unmerged.
+    pub fn forward_last_with(
+        &self,
+        ids: &[u32],
+        cache: &mut KvCache,
+        lora: Option<&Lora>,
+    ) -> Result<Tensor> {
+        let hidden = self.forward_hidden_with(ids, cache, lora)?;
         let last = hidden.narrow(0, ids.len() - 1, 1)?;
         let logits = self.lm_head.forward_refined(&last)?.to_dtype(DType::F32)?;
         Ok(logits.squeeze(0)?)
+    }
+
+    /// Folds `lora` into the float projection weights (`--merge`): the model
+    /// then computes base + adapter at the base's speed, with no adapter passed.
+    pub fn merge(&mut self, lora: &Lora) -> Result<()> {
+        if lora.num_layers() != self.layers.len() {
+            bail!(
+                "adapter {} has {} layers, the model {}",
+                lora.name,
+                lora.num_layers(),
+                self.layers.len()
+            );
+        }
+        for (l, p, pair) in lora.pairs() {
+            self.layers[l]
+                .projection_mut(p)
+                .merge(&pair.delta_weight()?)?;
+        }
+        Ok(())
     }
 }

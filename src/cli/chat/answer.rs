@@ -3,6 +3,7 @@
 //! the `--json` object and the statistics.
 
 use super::interrupt;
+use crate::adapters::router::Ranking;
 use crate::chat::thinking::{prompt_opens_thinking, Part, ThinkingParser, CLOSE, OPEN};
 use crate::generate::{Engine, GenerateOptions, Generation, Stats, StopReason};
 use crate::sampling::Sampler;
@@ -36,6 +37,8 @@ pub(super) struct Answer {
     /// The prompt left a `<think>` block open.
     opens_thinking: bool,
     format: AnswerFormat,
+    /// The router's ranking when `--expert auto` chose the expert (in `--json`).
+    pub routing: Option<Ranking>,
 }
 
 /// Generates the answer to `ids` (the encoding of `prompt`), streaming it to
@@ -95,6 +98,7 @@ pub(super) fn stream(
         tail,
         opens_thinking,
         format,
+        routing: None,
     })
 }
 
@@ -113,7 +117,12 @@ impl Answer {
             } else {
                 self.gen.text.clone()
             };
-            println!("{}", generation_json(&self.gen, &text));
+            let mut v = generation_json(&self.gen, &text);
+            v["expert"] = serde_json::json!(self.gen.stats.expert);
+            if let Some(r) = &self.routing {
+                v["routing"] = serde_json::json!(r);
+            }
+            println!("{v}");
             return Ok(());
         }
         let mut end = self.tail.clone();
@@ -338,7 +347,8 @@ pub(super) fn stats_report(s: &Stats) -> String {
          prefill speed:       {:.1} tok/s\n\
          decode speed:        {:.1} tok/s\n\
          generated tokens:    {}\n\
-         stop reason:         {}\n",
+         stop reason:         {}\n\
+         expert:              {}\n",
         s.prompt_tokens,
         s.prefill_tokens,
         s.prompt_tokens - s.prefill_tokens,
@@ -347,13 +357,14 @@ pub(super) fn stats_report(s: &Stats) -> String {
         s.decode_tokens_per_s,
         s.generated_tokens,
         stop_reason_name(s),
+        s.expert.as_deref().unwrap_or("none (base model)"),
     )
 }
 
 /// `--stats` in the REPL: the statistics of an answer on one line.
 pub(super) fn stats_line(s: &Stats) -> String {
     format!(
-        "[{} prompt tokens, {} prefilled, {} from cache · first token {:.3} s · prefill {:.1} tok/s · decode {:.1} tok/s · {} tokens · {}]",
+        "[{} prompt tokens, {} prefilled, {} from cache · first token {:.3} s · prefill {:.1} tok/s · decode {:.1} tok/s · {} tokens · {} · expert {}]",
         s.prompt_tokens,
         s.prefill_tokens,
         s.prompt_tokens - s.prefill_tokens,
@@ -361,7 +372,8 @@ pub(super) fn stats_line(s: &Stats) -> String {
         s.prefill_tokens_per_s,
         s.decode_tokens_per_s,
         s.generated_tokens,
-        stop_reason_name(s)
+        stop_reason_name(s),
+        s.expert.as_deref().unwrap_or("none")
     )
 }
 

@@ -16,6 +16,7 @@ mod terminal;
 #[path = "terminal_stub.rs"]
 mod terminal;
 
+use super::adapters::AdapterArgs;
 use super::ModelArgs;
 use crate::model::ModelConfig;
 use crate::sampling::SamplingParams;
@@ -27,6 +28,8 @@ use std::path::{Path, PathBuf};
 pub struct ChatArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub adapters: AdapterArgs,
     /// The user's message (one-shot). Without --prompt and --messages, an
     /// interactive chat starts.
     #[arg(long, short = 'p')]
@@ -180,6 +183,7 @@ impl ChatArgs {
     /// Flag combinations that cannot work, rejected before any loading.
     pub(super) fn check(&self) -> Result<()> {
         self.sampling.precheck()?;
+        self.adapters.precheck()?;
         if self.max_tokens == Some(0) {
             bail!("--max-tokens must be >= 1, got 0");
         }

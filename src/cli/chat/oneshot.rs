@@ -44,7 +44,8 @@ pub(super) fn run(args: ChatArgs) -> Result<()> {
         return print_dry_run(&text, &ids, args.json);
     }
 
-    let loaded = args.local_model(&path).load()?;
+    let mut loaded = args.local_model(&path).load()?;
+    let mut experts = args.adapters.load(&mut loaded)?;
     let prompter = Prompter::load(&path, loaded.chat_template.as_deref(), &loaded.tokenizer)?;
     let (text, ids) = build_prompt(&args, &prompter, &loaded.tokenizer, &messages, &opts)?;
     if args.dry_run {
@@ -74,8 +75,14 @@ pub(super) fn run(args: ChatArgs) -> Result<()> {
         json: args.json,
     };
     let mut engine = Engine::new(loaded.model.clone());
+    // The router reads the user's last message (or the raw prompt).
+    let route_text = match messages.iter().rev().find(|m| m.role == "user") {
+        Some(m) if !args.raw => m.content.clone(),
+        _ => args.prompt.clone().unwrap_or_default(),
+    };
+    let routing = experts.select(&mut engine, &loaded, &route_text)?;
     let busy = interrupt::Busy::start();
-    let answer = answer::stream(
+    let mut answer = answer::stream(
         &mut engine,
         &loaded.tokenizer,
         &text,
@@ -84,6 +91,7 @@ pub(super) fn run(args: ChatArgs) -> Result<()> {
         &gen_opts,
         format,
     )?;
+    answer.routing = routing;
     answer.print_end(false)?;
     if args.stats {
         eprint!("{}", stats_report(&answer.gen.stats));

@@ -7,6 +7,7 @@
 //! thinking of earlier answers) the cache is cut back to where the texts part.
 
 pub(super) mod commands;
+mod experts;
 
 use super::answer::{self, answer_budget, stats_line, AnswerFormat};
 use super::input::{Entry, Input};
@@ -15,6 +16,7 @@ use super::{context_window, interrupt, ChatArgs};
 use crate::chat::conversation::{Conversation, Fitted, Turn};
 use crate::chat::prompt::Prompter;
 use crate::chat::template::RenderOptions;
+use crate::cli::adapters::Experts;
 use crate::generate::{Engine, GenerateOptions, Stats, StopReason};
 use crate::load::LoadedModel;
 use crate::sampling::{Sampler, SamplingParams};
@@ -26,6 +28,8 @@ struct Repl {
     loaded: LoadedModel,
     /// This conversation's generation state over `loaded.model`.
     engine: Engine,
+    /// The resident experts (LoRA adapters) and which one answers.
+    experts: Experts,
     prompter: Prompter,
     conversation: Conversation,
     params: SamplingParams,
@@ -62,7 +66,8 @@ pub(super) fn run(args: ChatArgs) -> Result<()> {
     let mut input = Input::from_stdin(terminal)?;
     interrupt::install_handler();
     eprintln!("loading {} ...", path.display());
-    let loaded = args.local_model(&path).load()?;
+    let mut loaded = args.local_model(&path).load()?;
+    let experts = args.adapters.load(&mut loaded)?;
     let prompter = Prompter::load(&path, loaded.chat_template.as_deref(), &loaded.tokenizer)?;
     if !prompter.has_template() {
         eprintln!("{}", prompter.warning());
@@ -72,6 +77,7 @@ pub(super) fn run(args: ChatArgs) -> Result<()> {
         sampler: Sampler::new(params.clone())?,
         params,
         engine: Engine::new(loaded.model.clone()),
+        experts,
         loaded,
         prompter,
         conversation: Conversation::default(),
@@ -217,6 +223,14 @@ impl Repl {
             hide_thinking: self.hide_thinking,
             json: self.json,
         };
+        let routing = match self.experts.select(&mut self.engine, &self.loaded, text) {
+            Ok(r) => r,
+            Err(e) => {
+                self.conversation.turns.pop();
+                self.autosave();
+                return Err(e);
+            }
+        };
         let result = answer::stream(
             &mut self.engine,
             &self.loaded.tokenizer,
@@ -226,7 +240,7 @@ impl Repl {
             &opts,
             format,
         );
-        let answer = match result {
+        let mut answer = match result {
             Ok(a) => a,
             Err(e) => {
                 if !self.json {
@@ -237,6 +251,7 @@ impl Repl {
                 return Err(e);
             }
         };
+        answer.routing = routing;
         let interrupted = answer.interrupted();
         let mut turn = Turn::new("assistant", &answer.gen.text);
         turn.interrupted = interrupted;

@@ -97,8 +97,15 @@ fn parse(line: &str) -> Result<Command<'_>> {
 impl Repl {
     /// Runs a command line (one that starts with `/`).
     pub(super) fn command(&mut self, line: &str) -> Result<Flow> {
+        if let Some(flow) = self.expert_command(line)? {
+            return Ok(flow);
+        }
         match parse(line)? {
-            Command::Help => self.say(HELP),
+            Command::Help => self.say(&HELP.replacen(
+                "  /exit ",
+                &format!("{}\n  /exit ", super::experts::HELP),
+                1,
+            )),
             Command::Exit => return Ok(Flow::Exit),
             Command::ShowSystem => match &self.conversation.system {
                 Some(s) => self.say(s),
