@@ -1,18 +1,20 @@
 //! Will the weights fit? Before anything is mapped or allocated, the
-//! tensors a file's header declares are added up as they will be held (float
-//! tensors in the compute dtype, quantized ones as stored) and compared
+//! tensors a file's header declares are added up as they will be held (f32
+//! tensors in the compute dtype; bf16/f16 ones as stored on the CPU, see
+//! `model::weights::held_dtype`; quantized ones as stored) and compared
 //! with the memory this process may use: the system's available memory
 //! (MemAvailable + free swap), the address-space limit (`ulimit -v`) less
 //! what is already mapped, and a cgroup memory limit. A model that cannot
 //! fit fails with one line that says how much it needs and what is there.
 //!
-//! The estimate is a lower bound (activations, the KV cache and quantized
-//! embeddings expanded to floats come on top), so it never refuses a model
-//! that would load.
+//! The estimate is a lower bound (activations and the KV cache come on
+//! top), so it never refuses a model that would load.
 
 use crate::formats::gguf::{is_float, GgufFile};
+use crate::model::weights::held_dtype;
 use anyhow::{bail, Result};
-use candle_core::DType;
+use candle_core::quantized::GgmlDType;
+use candle_core::{DType, Device};
 use std::path::Path;
 
 const GIB: f64 = (1u64 << 30) as f64;
@@ -25,7 +27,9 @@ pub fn safetensors_need(files: &[std::path::PathBuf], dtype: DType) -> Option<u6
         for (_, st_dtype, shape) in crate::formats::safetensors::header_tensors(f)? {
             let n = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d))?;
             let each = match st_dtype.as_str() {
-                "F32" | "F16" | "BF16" | "F64" => dtype.size_in_bytes() as u64,
+                "F16" => held_dtype(DType::F16, dtype, &Device::Cpu).size_in_bytes() as u64,
+                "BF16" => held_dtype(DType::BF16, dtype, &Device::Cpu).size_in_bytes() as u64,
+                "F32" | "F64" => dtype.size_in_bytes() as u64,
                 "I64" | "U64" => 8,
                 "I32" | "U32" => 4,
                 "I16" | "U16" => 2,
@@ -44,7 +48,12 @@ pub fn gguf_need(file: &GgufFile, dtype: DType) -> u64 {
         .iter()
         .map(|t| {
             if is_float(t.dtype) {
-                (t.elem_count() as u64).saturating_mul(dtype.size_in_bytes() as u64)
+                let held = match t.dtype {
+                    GgmlDType::F16 => held_dtype(DType::F16, dtype, &Device::Cpu),
+                    GgmlDType::BF16 => held_dtype(DType::BF16, dtype, &Device::Cpu),
+                    _ => dtype,
+                };
+                (t.elem_count() as u64).saturating_mul(held.size_in_bytes() as u64)
             } else {
                 t.size
             }
@@ -132,7 +141,7 @@ fn check_against(
     };
     if need_here > have {
         bail!(
-            "{}: loading needs at least {:.1} GiB of memory (the weights as {}{}) and {:.1} GiB is available ({what}); \
+            "{}: loading needs at least {:.1} GiB of memory (the weights, {} compute{}) and {:.1} GiB is available ({what}); \
              use a smaller --dtype, --quantize q4_k, a quantized GGUF or a smaller model",
             path.display(),
             need_here as f64 / GIB,
