@@ -228,6 +228,8 @@ fn repl_switches_experts_per_turn() {
             "--json",
             "--context",
             "256",
+            "--expert",
+            "none",
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

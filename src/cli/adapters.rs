@@ -26,7 +26,7 @@ pub struct AdapterArgs {
     )]
     pub adapter_scale: Vec<String>,
     /// Which expert answers: an adapter's NAME, auto (the router; needs --manifest)
-    /// or none. Default: the only adapter when one is given, else none.
+    /// or none. Default: auto with --manifest, else the only --adapter, else none.
     #[arg(long, value_name = "NAME|auto|none")]
     pub expert: Option<String>,
     /// experts.toml: expert names, adapter paths, descriptions and example
@@ -197,6 +197,7 @@ impl AdapterArgs {
                 }
                 Choice::Named(n.to_string())
             }
+            None if manifest.is_some() => Choice::Auto,
             None if list.len() == 1 => Choice::Named(list[0].info.name.clone()),
             None => Choice::Base,
         };
