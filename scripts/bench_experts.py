@@ -45,7 +45,10 @@ def run(cmd):
     if out.returncode != 0:
         raise SystemExit(out.stderr)
     rss = int([l for l in out.stderr.splitlines() if l.startswith("RSS_KB")][-1].split()[1])
-    return json.loads(out.stdout.strip().splitlines()[-1]), rss / 1024
+    tests = json.loads(out.stdout)  # `expert bench --json`: one object per test
+    prefill = next(t for t in tests if t["prefill_tok_s"] is not None)
+    decode = next(t for t in tests if t["decode_tok_s"] is not None)
+    return {"prefill_tok_s": prefill["prefill_tok_s"], "decode_tok_s": decode["decode_tok_s"]}, rss / 1024
 
 
 def main():
@@ -60,8 +63,8 @@ def main():
     tmp = Path(tempfile.mkdtemp())
     names = [f"a{k}" for k in range(4)]
     params = [make_adapter(tmp / n, cfg, args.rank, k) for k, n in enumerate(names)]
-    bench = [args.expert, "bench", "-m", args.model, "--json", "--prompt-tokens", "32",
-             "--gen-tokens", str(args.gen_tokens), "--runs", str(args.runs)]
+    bench = [args.expert, "bench", "-m", args.model, "--json", "-p", "32",
+             "-n", str(args.gen_tokens), "-r", str(args.runs)]
     flags = lambda ns: sum((["--adapter", f"{n}={tmp / n}"] for n in ns), [])
     rows = [
         ("base, no adapter", bench),
@@ -76,7 +79,7 @@ def main():
     print("| run | decode tok/s | prefill tok/s | peak RSS MiB |\n|---|---|---|---|")
     for name, cmd in rows:
         r, rss = run(cmd)
-        print(f"| {name} | {r['decode_tokens_per_s']:.1f} | {r['prefill_tokens_per_s']:.1f} | {rss:.0f} |", flush=True)
+        print(f"| {name} | {r['decode_tok_s']:.1f} | {r['prefill_tok_s']:.1f} | {rss:.0f} |", flush=True)
 
 
 if __name__ == "__main__":
