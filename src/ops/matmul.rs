@@ -26,37 +26,18 @@ const DEQUANT_CHUNK: usize = 1 << 24;
 
 /// A dense projection's forward pass: x (…, in) → (…, out), in x's dtype.
 ///
-/// On the CPU, decode rows use `ops::gemv` (threaded; f32, bf16 and f16
-/// weights). A bf16/f16 weight is held as stored and computed in f32: for
-/// prompts it is widened in chunks of rows for an f32 GEMM. Everything else
-/// is candle's matmul.
+/// On the CPU, decode rows use `ops::gemv` through [`decode_many`]
+/// (threaded; f32, bf16 and f16 weights). A bf16/f16 weight is held as
+/// stored and computed in f32: for prompts it is widened in chunks of rows
+/// for an f32 GEMM. Everything else is candle's matmul.
 pub fn dense_forward(l: &candle_nn::Linear, x: &Tensor) -> candle_core::Result<Tensor> {
-    use super::gemv::Rows;
-    use candle_core::{CpuStorage, Module, Storage};
+    use candle_core::Module;
     let w = l.weight();
-    let (n, k) = w.dims2()?;
-    let rows = x.elem_count() / k.max(1);
-    let half = matches!(w.dtype(), DType::BF16 | DType::F16);
-    if !x.device().is_cpu() || !(half || (w.dtype() == DType::F32 && x.dtype() == DType::F32)) {
-        return l.forward(x);
-    }
-    let x32 = x.to_dtype(DType::F32)?;
-    let y = if rows < DEQUANT_MIN_ROWS {
-        let (storage, layout) = w.storage_and_layout();
-        let Some((a, b)) = layout.contiguous_offsets() else {
-            drop(storage);
-            return l.forward(x);
-        };
-        let path = super::gemv::Path::detect();
-        let rows = match &*storage {
-            Storage::Cpu(CpuStorage::F32(d)) => Rows::F32(&d[a..b]),
-            Storage::Cpu(CpuStorage::BF16(d)) => Rows::Bf16(&d[a..b]),
-            Storage::Cpu(CpuStorage::F16(d)) => Rows::F16(&d[a..b]),
-            _ => candle_core::bail!("dense weight: unexpected storage {:?}", w.dtype()),
-        };
-        on_rows(&x32, n, |xs| super::gemv::matmul(path, rows, n, k, xs))?
-    } else if half {
-        chunked_matmul(&x32, n, k, |start, len| {
+    let y = if let Some(mut ys) = decode_many(&[WeightRef::Dense(w)], x)? {
+        ys.pop().expect("one output per weight")
+    } else if x.device().is_cpu() && matches!(w.dtype(), DType::BF16 | DType::F16) {
+        let (n, k) = w.dims2()?;
+        chunked_matmul(&x.to_dtype(DType::F32)?, n, k, |start, len| {
             w.narrow(0, start, len)?.to_dtype(DType::F32)
         })?
     } else {
@@ -80,27 +61,11 @@ pub fn qmatmul_forward(
     if let QMatMul::QTensor(w) = q {
         let k = x.dim(candle_core::D::Minus1)?;
         let rows = x.elem_count() / k.max(1);
-        if x.device().is_cpu() && w.device().is_cpu() {
-            if rows >= DEQUANT_MIN_ROWS {
-                return dequantized_matmul(w, &x);
-            }
-            if let Some(kind) = super::qdot::Kind::of(w.dtype()) {
-                return qdot_matmul(kind, w, &x);
-            }
-            if super::vecdot::supports(w.dtype()) {
-                let (n, k) = w.shape().dims2()?;
-                let data = w.data()?;
-                let mut failed = false;
-                let y = on_rows(&x, n, |xs| {
-                    super::vecdot::matmul(w.dtype(), &data, n, k, xs).unwrap_or_else(|| {
-                        failed = true;
-                        Vec::new()
-                    })
-                });
-                if !failed {
-                    return y;
-                }
-            }
+        if x.device().is_cpu() && w.device().is_cpu() && rows >= DEQUANT_MIN_ROWS {
+            return dequantized_matmul(w, &x);
+        }
+        if let Some(mut ys) = decode_many(&[WeightRef::Quantized(w)], &x)? {
+            return Ok(ys.pop().expect("one output per weight"));
         }
     }
     q.forward(&x)
@@ -235,28 +200,6 @@ pub fn refine_top(w: &QTensor, x: &[f32], y: &mut [f32]) -> candle_core::Result<
         y[r] = row.iter().zip(x).map(|(w, x)| w * x).sum();
     }
     Ok(())
-}
-
-/// Decode rows on Q4_1/Q5_0/Q5_1 weights: `ops::qdot` (bit-identical to
-/// candle's scalar kernels, SIMD where the CPU has it).
-fn qdot_matmul(kind: super::qdot::Kind, w: &QTensor, x: &Tensor) -> candle_core::Result<Tensor> {
-    let (n, k) = w.shape().dims2()?;
-    let (path, data) = (super::qdot::Path::detect(), w.data()?);
-    on_rows(x, n, |xs| super::qdot::matmul(path, kind, &data, n, k, xs))
-}
-
-/// Runs one of our kernels on x's rows: x (…, k) f32 on the CPU → (…, n).
-fn on_rows(
-    x: &Tensor,
-    n: usize,
-    kernel: impl FnOnce(&[f32]) -> Vec<f32>,
-) -> candle_core::Result<Tensor> {
-    let mut out_shape = x.dims().to_vec();
-    if let Some(last) = out_shape.last_mut() {
-        *last = n;
-    }
-    let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
-    Tensor::from_vec(kernel(&xs), out_shape, &Device::Cpu)
 }
 
 /// Prompt rows on a quantized weight: an f32 GEMM on the weight dequantized
