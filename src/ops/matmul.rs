@@ -312,7 +312,7 @@ mod tests {
 
     /// `decode_many` (one prepared input, one pool job) gives exactly what
     /// each projection alone gives, for every kernel family: f32 and bf16
-    /// (gemv), Q4_1 (qdot), Q8_0 and Q4_K (vecdot); q/k/v-like shapes.
+    /// (gemv), Q4_1 and Q8_0 (qdot), Q4_K (vecdot); q/k/v-like shapes.
     #[test]
     fn decode_many_equals_one_by_one() {
         let k = 256;

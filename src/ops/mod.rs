@@ -2,8 +2,9 @@
 //!
 //! - `matmul`: projections (dense and quantized weights)
 //! - `gemv`: our threaded f32 × f32 kernel for decode rows (AVX2+FMA or scalar)
-//! - `qdot`: our Q4_1/Q5_0/Q5_1 × f32 kernels for decode (AVX2 or scalar, chosen at run time)
-//! - `vecdot`: the other quantized types for decode (candle's SIMD dot products on our pool)
+//! - `qdot`: our Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 × f32 kernels for decode (AVX-512 VNNI, AVX2 or
+//!   scalar, chosen at run time; eight weight rows per tile, weights prefetched)
+//! - `vecdot`: the k-quants for decode (candle's SIMD dot products on our pool)
 //! - `pool`: the one persistent thread pool all of these run on
 //! - `attention`: causal grouped-query attention over the KV cache
 //!
