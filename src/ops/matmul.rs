@@ -144,6 +144,8 @@ pub fn decode_many(ws: &[WeightRef], x: &Tensor) -> candle_core::Result<Option<V
             let refs: Vec<(&[u8], usize)> = parts.iter().map(|(d, n)| (&d[..], *n)).collect();
             if let Some(kind) = super::qdot::Kind::of(t) {
                 super::qdot::matmul_many(super::qdot::Path::detect(), kind, &refs, k, &x32)
+            } else if let Some(kind) = super::kquant::Kind::of(t) {
+                super::kquant::matmul_many(super::kquant::Path::detect(), kind, &refs, k, &x32)
             } else if let Some(ys) = super::vecdot::matmul_many(t, &refs, k, &x32) {
                 ys
             } else {

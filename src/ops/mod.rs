@@ -4,7 +4,8 @@
 //! - `gemv`: our threaded f32 × f32 kernel for decode rows (AVX2+FMA or scalar)
 //! - `qdot`: our Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 × f32 kernels for decode (AVX-512 VNNI, AVX2 or
 //!   scalar, chosen at run time; eight weight rows per tile, weights prefetched)
-//! - `vecdot`: the k-quants for decode (candle's SIMD dot products on our pool)
+//! - `kquant`: our Q4_K/Q6_K × f32 kernels for decode (AVX2 or scalar)
+//! - `vecdot`: the other k-quants for decode (candle's SIMD dot products on our pool)
 //! - `pool`: the one persistent thread pool all of these run on
 //! - `attention`: causal grouped-query attention over the KV cache
 //!
@@ -13,6 +14,7 @@
 
 pub mod attention;
 pub mod gemv;
+pub mod kquant;
 pub mod matmul;
 pub mod pool;
 pub mod qdot;
