@@ -8,7 +8,6 @@ use crate::formats::gguf::{gguf_name, GgufFile};
 use crate::model::config::{Architecture, ModelConfig, RopeConfig, RopeScaling};
 use crate::model::weights::{expected_tensors, Weight, WeightSource};
 use anyhow::{bail, Context, Result};
-use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 
 /// The model's hyper-parameters from `{arch}.*` metadata and tensor shapes.
@@ -280,7 +279,7 @@ impl<'a> GgufSource<'a> {
         gguf_name(hf).with_context(|| format!("no GGUF tensor corresponds to `{hf}`"))
     }
 
-    fn checked(&self, name: &str, shape: &[usize]) -> Result<QTensor> {
+    fn check_shape(&self, name: &str, shape: &[usize]) -> Result<()> {
         let info = self
             .file
             .tensor_info(name)
@@ -292,15 +291,22 @@ impl<'a> GgufSource<'a> {
                 info.shape
             );
         }
-        self.file.qtensor(name, &self.device)
+        Ok(())
     }
 }
 
 impl WeightSource for GgufSource<'_> {
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let g = self.resolve(name)?;
-        let q = self.checked(&g, shape)?;
-        Ok(q.dequantize(&self.device)?.to_dtype(self.dtype)?)
+        self.check_shape(&g, shape)?;
+        let t = match self.file.float_tensor(&g, &self.device)? {
+            Some(t) => t,
+            None => self
+                .file
+                .qtensor(&g, &self.device)?
+                .dequantize(&self.device)?,
+        };
+        Ok(t.to_dtype(self.dtype)?)
     }
 
     fn embedding(&self, name: &str, shape: &[usize]) -> Result<Weight> {
@@ -312,8 +318,12 @@ impl WeightSource for GgufSource<'_> {
             return Ok(Weight::Dense(self.tensor(name, shape)?));
         }
         // Tied output: llama.cpp multiplies by the (quantized) embedding.
-        let w = self.checked(&self.resolve(name)?, shape)?;
-        Weight::from_qtensor(w, self.dtype)
+        let g = self.resolve(name)?;
+        self.check_shape(&g, shape)?;
+        match self.file.float_tensor(&g, &self.device)? {
+            Some(t) => Weight::from_float(t, self.dtype),
+            None => Weight::from_qtensor(self.file.qtensor(&g, &self.device)?, self.dtype),
+        }
     }
 
     fn contains(&self, name: &str) -> bool {

@@ -53,6 +53,11 @@ pub struct LoadedModel {
 }
 
 /// Resolves, validates and loads everything a command needs.
+/// The result of a loading thread; a panic there is passed on as it was.
+fn join<T>(r: std::thread::Result<Result<T>>) -> Result<T> {
+    r.unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
 pub fn load(spec: &ModelSpec) -> Result<LoadedModel> {
     let path = hub::resolve(&spec.model, &spec.hub)?;
     if is_gguf(&path) {
@@ -72,8 +77,15 @@ pub fn load(spec: &ModelSpec) -> Result<LoadedModel> {
                 spec.dtype,
             )?;
         }
-        let model = gguf_model(&file, spec.dtype, &spec.device)?;
-        let tokenizer = crate::tokenizer::gguf::load(&file)?;
+        // The tokenizer is built on a second thread while the weights load
+        // (a third of a GGUF's load time is building its 151k-token BPE).
+        let (model, tokenizer) = std::thread::scope(|s| {
+            let tokenizer = s.spawn(|| crate::tokenizer::gguf::load(&file));
+            let model = gguf_model(&file, spec.dtype, &spec.device);
+            (model, tokenizer.join())
+        });
+        let model = model?;
+        let tokenizer = join(tokenizer)?;
         let eos_ids = crate::tokenizer::gguf::eog_ids(&file);
         return Ok(LoadedModel {
             eos_ids: or_config_eos(eos_ids, &model.config),
@@ -97,14 +109,18 @@ pub fn load(spec: &ModelSpec) -> Result<LoadedModel> {
             }
         }
     }
-    let (model, quant_report) = match spec.quantize {
-        Some(q) => {
-            let (m, r) = dir_model_quantized(&path, q, spec.dtype, &spec.device)?;
-            (m, Some(r))
-        }
-        None => (dir_model(&path, spec.dtype, &spec.device)?, None),
-    };
-    let tokenizer = Tokenizer::from_dir(&path)?;
+    let (model, tokenizer) = std::thread::scope(|s| {
+        let tokenizer = s.spawn(|| Tokenizer::from_dir(&path));
+        let model = match spec.quantize {
+            Some(q) => {
+                dir_model_quantized(&path, q, spec.dtype, &spec.device).map(|(m, r)| (m, Some(r)))
+            }
+            None => dir_model(&path, spec.dtype, &spec.device).map(|m| (m, None)),
+        };
+        (model, tokenizer.join())
+    });
+    let (model, quant_report) = model?;
+    let tokenizer = join(tokenizer)?;
     let gen_cfg = path.join("generation_config.json");
     let eos_ids = if gen_cfg.is_file() {
         eos_ids_from_generation_config(&gen_cfg)?

@@ -37,6 +37,14 @@ pub fn held_dtype(stored: DType, compute: DType, device: &candle_core::Device) -
 }
 
 impl Weight {
+    /// A float tensor, in its stored dtype, as a projection weight: held as
+    /// [`held_dtype`] says (what `from_qtensor` builds from the same data,
+    /// without the detour through a `QTensor`).
+    pub fn from_float(t: Tensor, dtype: DType) -> Result<Self> {
+        let held = held_dtype(t.dtype(), dtype, t.device());
+        Ok(Weight::Dense(t.to_dtype(held)?))
+    }
+
     /// A (possibly quantized) tensor as a projection weight: float types are
     /// dequantized to `dtype`, quantized ones stay quantized. The GGUF and
     /// quantize-at-load sources both use this, so that both build exactly the

@@ -14,11 +14,10 @@ use super::types::{ggml_dtype, type_name};
 use super::value::{vtype, vtype_name, MetaArray, MetaValue};
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::{ggml_file, GgmlDType, QTensor};
-use candle_core::Device;
+use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 /// Longest metadata string accepted (chat templates and embedded
 /// tokenizer.json files are far smaller).
@@ -64,7 +63,8 @@ pub struct GgufFile {
     pub file_size: u64,
     meta_index: HashMap<String, usize>,
     tensor_index: HashMap<String, usize>,
-    file: Mutex<std::fs::File>,
+    /// The whole file, mapped read-only; tensors are copied out of it.
+    map: memmap2::Mmap,
 }
 
 /// Counts bytes consumed and refuses to read past the end of the file.
@@ -265,6 +265,10 @@ impl GgufFile {
         // The data section starts at the next aligned offset after the header.
         let data_offset = r.pos.div_ceil(alignment) * alignment;
         let (tensors, tensor_index) = check_tensors(infos, data_offset, alignment, file_size)?;
+        // SAFETY: a read-only private mapping. Like every mmap-based loader
+        // (candle's safetensors, llama.cpp) this assumes the file is not
+        // truncated while open; its size was checked against every tensor.
+        let map = unsafe { memmap2::Mmap::map(&file) }.context("cannot map the file")?;
         Ok(Self {
             path: path.to_path_buf(),
             version,
@@ -275,7 +279,7 @@ impl GgufFile {
             file_size,
             meta_index,
             tensor_index,
-            file: Mutex::new(file),
+            map,
         })
     }
 
@@ -352,22 +356,59 @@ impl GgufFile {
 
     /// Reads one tensor's data into a `QTensor` on `device`.
     pub fn qtensor(&self, name: &str, device: &Device) -> Result<QTensor> {
-        let t = self
-            .tensor_info(name)
-            .with_context(|| format!("{}: missing tensor `{name}`", self.path.display()))?;
-        let mut raw = vec![0u8; t.size as usize];
+        let t = self.info_of(name)?;
+        let q = ggml_file::qtensor_from_ggml(t.dtype, self.bytes(t), t.shape.clone(), device)
+            .with_context(|| format!("{}: tensor `{name}`", self.path.display()));
+        self.release(t);
+        q
+    }
+
+    /// Reads an F32, F16 or BF16 tensor as a dense tensor of its stored
+    /// dtype, copied once from the mapping; None for other types.
+    pub fn float_tensor(&self, name: &str, device: &Device) -> Result<Option<Tensor>> {
+        let t = self.info_of(name)?;
+        let dtype = match t.dtype {
+            GgmlDType::F32 => DType::F32,
+            GgmlDType::F16 => DType::F16,
+            GgmlDType::BF16 => DType::BF16,
+            _ => return Ok(None),
+        };
+        let x = Tensor::from_raw_buffer(self.bytes(t), dtype, &t.shape, device)
+            .with_context(|| format!("{}: tensor `{name}`", self.path.display()));
+        self.release(t);
+        x.map(Some)
+    }
+
+    fn info_of(&self, name: &str) -> Result<&GgufTensor> {
+        self.tensor_info(name)
+            .with_context(|| format!("{}: missing tensor `{name}`", self.path.display()))
+    }
+
+    /// A tensor's bytes in the mapping (inside the file: `check_tensors`).
+    fn bytes(&self, t: &GgufTensor) -> &[u8] {
+        let start = (self.data_offset + t.offset) as usize;
+        &self.map[start..start + t.size as usize]
+    }
+
+    /// Drops a copied-out tensor's mapped pages from this process's
+    /// resident set (the page cache keeps them): peak RSS stays at the
+    /// weights held plus one tensor, not twice the file.
+    fn release(&self, t: &GgufTensor) {
+        #[cfg(unix)]
         {
-            let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
-            f.seek(SeekFrom::Start(self.data_offset + t.offset))?;
-            f.read_exact(&mut raw).with_context(|| {
-                format!(
-                    "{}: tensor `{name}`: cannot read its data",
-                    self.path.display()
-                )
-            })?;
+            let page = 4096usize;
+            let data = self.bytes(t);
+            let start = (data.as_ptr() as usize).div_ceil(page) * page;
+            let end = (data.as_ptr() as usize + data.len()) / page * page;
+            if end > start {
+                // SAFETY: whole pages inside our read-only private file
+                // mapping, borrowed by nothing now; MADV_DONTNEED only makes
+                // the next access fault the page back in from the file.
+                unsafe {
+                    libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED)
+                };
+            }
         }
-        ggml_file::qtensor_from_ggml(t.dtype, &raw, t.shape.clone(), device)
-            .with_context(|| format!("{}: tensor `{name}`", self.path.display()))
     }
 
     /// Metadata as JSON, long arrays summarised by type and length.
