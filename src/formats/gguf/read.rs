@@ -63,8 +63,10 @@ pub struct GgufFile {
     pub file_size: u64,
     meta_index: HashMap<String, usize>,
     tensor_index: HashMap<String, usize>,
-    /// The whole file, mapped read-only; tensors are copied out of it.
-    map: memmap2::Mmap,
+    file: std::fs::File,
+    /// The whole file, mapped read-only on the first tensor read (after
+    /// the loader's memory check); tensors are copied out of it.
+    map: std::sync::OnceLock<memmap2::Mmap>,
 }
 
 /// Counts bytes consumed and refuses to read past the end of the file.
@@ -265,10 +267,6 @@ impl GgufFile {
         // The data section starts at the next aligned offset after the header.
         let data_offset = r.pos.div_ceil(alignment) * alignment;
         let (tensors, tensor_index) = check_tensors(infos, data_offset, alignment, file_size)?;
-        // SAFETY: a read-only private mapping. Like every mmap-based loader
-        // (candle's safetensors, llama.cpp) this assumes the file is not
-        // truncated while open; its size was checked against every tensor.
-        let map = unsafe { memmap2::Mmap::map(&file) }.context("cannot map the file")?;
         Ok(Self {
             path: path.to_path_buf(),
             version,
@@ -279,7 +277,8 @@ impl GgufFile {
             file_size,
             meta_index,
             tensor_index,
-            map,
+            file,
+            map: std::sync::OnceLock::new(),
         })
     }
 
@@ -357,7 +356,7 @@ impl GgufFile {
     /// Reads one tensor's data into a `QTensor` on `device`.
     pub fn qtensor(&self, name: &str, device: &Device) -> Result<QTensor> {
         let t = self.info_of(name)?;
-        let q = ggml_file::qtensor_from_ggml(t.dtype, self.bytes(t), t.shape.clone(), device)
+        let q = ggml_file::qtensor_from_ggml(t.dtype, self.bytes(t)?, t.shape.clone(), device)
             .with_context(|| format!("{}: tensor `{name}`", self.path.display()));
         self.release(t);
         q
@@ -373,7 +372,7 @@ impl GgufFile {
             GgmlDType::BF16 => DType::BF16,
             _ => return Ok(None),
         };
-        let x = Tensor::from_raw_buffer(self.bytes(t), dtype, &t.shape, device)
+        let x = Tensor::from_raw_buffer(self.bytes(t)?, dtype, &t.shape, device)
             .with_context(|| format!("{}: tensor `{name}`", self.path.display()));
         self.release(t);
         x.map(Some)
@@ -385,9 +384,21 @@ impl GgufFile {
     }
 
     /// A tensor's bytes in the mapping (inside the file: `check_tensors`).
-    fn bytes(&self, t: &GgufTensor) -> &[u8] {
+    fn bytes(&self, t: &GgufTensor) -> Result<&[u8]> {
+        let map = match self.map.get() {
+            Some(m) => m,
+            None => {
+                // SAFETY: a read-only private mapping. Like every mmap-based
+                // loader (candle's safetensors, llama.cpp) this assumes the
+                // file is not truncated while open; its size was checked
+                // against every tensor.
+                let m = unsafe { memmap2::Mmap::map(&self.file) }
+                    .with_context(|| format!("{}: cannot map the file", self.path.display()))?;
+                self.map.get_or_init(|| m)
+            }
+        };
         let start = (self.data_offset + t.offset) as usize;
-        &self.map[start..start + t.size as usize]
+        Ok(&map[start..start + t.size as usize])
     }
 
     /// Drops a copied-out tensor's mapped pages from this process's
@@ -397,7 +408,7 @@ impl GgufFile {
         #[cfg(unix)]
         {
             let page = 4096usize;
-            let data = self.bytes(t);
+            let Ok(data) = self.bytes(t) else { return };
             let start = (data.as_ptr() as usize).div_ceil(page) * page;
             let end = (data.as_ptr() as usize + data.len()) / page * page;
             if end > start {
