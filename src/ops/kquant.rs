@@ -58,6 +58,8 @@ pub struct BlockQ8K {
     qs: [i8; QK_K],
     /// Σ q over each 16 elements.
     bsums: [i16; QK_K / 16],
+    /// Σ q over each 32 elements (Q4_K's sub-blocks).
+    bsum32: [i16; QK_K / 32],
 }
 
 /// Quantizes one row of activations (a multiple of 256) as candle's
@@ -76,6 +78,7 @@ pub fn quantize_row(x: &[f32], out: &mut Vec<BlockQ8K>) {
             d: 0.0,
             qs: [0; QK_K],
             bsums: [0; QK_K / 16],
+            bsum32: [0; QK_K / 32],
         };
         if amax != 0.0 {
             let iscale = -127f32 / max;
@@ -84,6 +87,10 @@ pub fn quantize_row(x: &[f32], out: &mut Vec<BlockQ8K>) {
             }
             for (s, g) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) {
                 *s = g.iter().map(|&q| q as i32).sum::<i32>() as i16;
+            }
+            for (s, g) in b.bsum32.iter_mut().zip(b.bsums.chunks_exact(2)) {
+                // |Σ| ≤ 32·128: fits i16.
+                *s = g[0] + g[1];
             }
             b.d = 1.0 / iscale;
         }
@@ -113,12 +120,28 @@ fn q4k_scales(s: &[u8]) -> ([u8; 8], [u8; 8]) {
 }
 
 /// Σ_j m_j·Σ x over Q4_K's eight 32-element sub-blocks.
-#[inline(always)]
 fn q4k_mins(m: &[u8; 8], x: &BlockQ8K) -> i32 {
     m.iter()
         .zip(x.bsums.chunks_exact(2))
         .map(|(&m, s)| m as i32 * (s[0] as i32 + s[1] as i32))
         .sum()
+}
+
+/// `q4k_scales` without a loop (ggml's bit shuffle): 16 bytes, the eight
+/// scales then the eight mins, as four little-endian words.
+#[inline(always)]
+fn q4k_scales_packed(s: &[u8]) -> [u32; 4] {
+    const K1: u32 = 0x3f3f_3f3f;
+    const K2: u32 = 0x0f0f_0f0f;
+    const K3: u32 = 0x0303_0303;
+    let w = |i: usize| u32::from_le_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]);
+    let (u0, u1, u2) = (w(0), w(4), w(8));
+    [
+        u0 & K1,
+        (u2 & K2) | (((u0 >> 6) & K3) << 4),
+        u1 & K1,
+        ((u2 >> 4) & K2) | (((u1 >> 6) & K3) << 4),
+    ]
 }
 
 /// One Q4_K block's exact integer parts: (Σ_j sc_j·Σ q·x, Σ_j m_j·Σ x).
@@ -175,7 +198,7 @@ fn row_dot_scalar(kind: Kind, w: &[u8], x: &[BlockQ8K]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{q4k_mins, q4k_scales, BlockQ8K, Kind};
+    use super::{q4k_scales_packed, BlockQ8K, Kind};
     use std::arch::x86_64::*;
 
     #[inline(always)]
@@ -193,10 +216,41 @@ mod x86 {
         )))
     }
 
-    /// Σ_j sc_j·Σ q·x of one Q4_K block in eight i32 lanes (scales and mins
-    /// decoded by the caller).
+    /// `pshufb` controls: all sixteen i16 lanes = lane `i` of [v0..8 | v0..8].
+    static BROADCAST_LANE: [[u8; 32]; 8] = {
+        let mut t = [[0u8; 32]; 8];
+        let mut i = 0;
+        while i < 8 {
+            let mut j = 0;
+            while j < 16 {
+                t[i][2 * j] = 2 * i as u8;
+                t[i][2 * j + 1] = 2 * i as u8 + 1;
+                j += 1;
+            }
+            i += 1;
+        }
+        t
+    };
+
     #[inline(always)]
-    unsafe fn q4k_lanes(b: *const u8, x: &BlockQ8K, sc: &[u8; 8]) -> __m256i {
+    unsafe fn broadcast_lane(v: __m256i, i: usize) -> __m256i {
+        _mm256_shuffle_epi8(
+            v,
+            _mm256_loadu_si256(BROADCAST_LANE[i].as_ptr() as *const __m256i),
+        )
+    }
+
+    /// One Q4_K block: Σ_j sc_j·Σ q·x in eight i32 lanes, and
+    /// Σ_j m_j·Σ x in four.
+    #[inline(always)]
+    unsafe fn q4k_lanes(b: *const u8, x: &BlockQ8K) -> (__m256i, __m128i) {
+        let u = q4k_scales_packed(std::slice::from_raw_parts(b.add(4), 12));
+        let sm = _mm_setr_epi32(u[0] as i32, u[1] as i32, u[2] as i32, u[3] as i32);
+        let mins = _mm_madd_epi16(
+            _mm_cvtepu8_epi16(_mm_srli_si128(sm, 8)),
+            _mm_loadu_si128(x.bsum32.as_ptr() as *const __m128i),
+        );
+        let sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
         let m4 = _mm256_set1_epi8(0x0F);
         let mut acc = _mm256_setzero_si256();
         for j in 0..4 {
@@ -205,16 +259,10 @@ mod x86 {
             let xh = _mm256_loadu_si256(x.qs.as_ptr().add(64 * j + 32) as *const __m256i);
             let lo = _mm256_maddubs_epi16(_mm256_and_si256(q, m4), xl);
             let hi = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), xh);
-            acc = _mm256_add_epi32(
-                acc,
-                _mm256_madd_epi16(lo, _mm256_set1_epi16(sc[2 * j] as i16)),
-            );
-            acc = _mm256_add_epi32(
-                acc,
-                _mm256_madd_epi16(hi, _mm256_set1_epi16(sc[2 * j + 1] as i16)),
-            );
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(lo, broadcast_lane(sc, 2 * j)));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(hi, broadcast_lane(sc, 2 * j + 1)));
         }
-        acc
+        (acc, mins)
     }
 
     /// For 32 elements 2c, 2c+1 of a half: scale 2c in the low lane's
@@ -313,9 +361,9 @@ mod x86 {
     pub unsafe fn row_dot(kind: Kind, w: &[u8], x: &[BlockQ8K]) -> f32 {
         let bytes = kind.block_bytes();
         let lines_per_block = bytes.div_ceil(64);
-        let next = w.as_ptr().wrapping_add(w.len());
+        let next = w.as_ptr().wrapping_add(2 * w.len());
         let mut acc = _mm256_setzero_ps();
-        let mut mins = 0f32;
+        let mut mins = _mm_setzero_ps();
         for (i, xb) in x.iter().enumerate() {
             for l in 0..lines_per_block {
                 // Prefetches never fault, so running past the weight is harmless.
@@ -325,14 +373,14 @@ mod x86 {
             let b = w.as_ptr().add(i * bytes);
             match kind {
                 Kind::Q4K => {
-                    let (sc, m) = q4k_scales(std::slice::from_raw_parts(b.add(4), 12));
-                    let lanes = q4k_lanes(b, xb, &sc);
+                    let (lanes, m) = q4k_lanes(b, xb);
                     acc = _mm256_fmadd_ps(
                         _mm256_cvtepi32_ps(lanes),
                         _mm256_set1_ps(f16(b) * xb.d),
                         acc,
                     );
-                    mins += f16(b.add(2)) * xb.d * q4k_mins(&m, xb) as f32;
+                    mins =
+                        _mm_fmadd_ps(_mm_cvtepi32_ps(m), _mm_set1_ps(f16(b.add(2)) * xb.d), mins);
                 }
                 Kind::Q6K => {
                     acc = _mm256_fmadd_ps(
@@ -343,21 +391,25 @@ mod x86 {
                 }
             }
         }
-        hsum(acc) - mins
+        hsum(acc) - hsum(_mm256_zextps128_ps256(mins))
     }
 
-    /// One block's exact integer dot, for the unit tests.
+    /// One block's exact integer parts (dot, Q4_K's mins term), for the
+    /// unit tests.
     #[cfg(test)]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn block_dot(kind: Kind, b: &[u8], x: &BlockQ8K) -> i32 {
-        let v = match kind {
-            Kind::Q4K => q4k_lanes(b.as_ptr(), x, &q4k_scales(&b[4..16]).0),
-            Kind::Q6K => q6k_lanes(b.as_ptr(), x),
+    pub unsafe fn block_dot(kind: Kind, b: &[u8], x: &BlockQ8K) -> (i32, i32) {
+        let (v, m) = match kind {
+            Kind::Q4K => q4k_lanes(b.as_ptr(), x),
+            Kind::Q6K => (q6k_lanes(b.as_ptr(), x), _mm_setzero_si128()),
         };
-        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
-        _mm_cvtsi128_si32(s)
+        let sum4 = |s: __m128i| {
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+            _mm_cvtsi128_si32(s)
+        };
+        let v = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        (sum4(v), sum4(m))
     }
 }
 
@@ -525,8 +577,9 @@ mod tests {
         }
     }
 
-    /// The SIMD integer block dot equals the scalar one on random blocks
-    /// (every scale, nibble and high-bit pattern) and on the extremes.
+    /// The SIMD integer block dot (and Q4_K's mins term, from the packed
+    /// scale decoding) equals the scalar one on random blocks (every scale,
+    /// nibble and high-bit pattern) and on the extremes.
     #[test]
     fn simd_block_equals_scalar_block() {
         #[cfg(target_arch = "x86_64")]
@@ -554,8 +607,8 @@ mod tests {
                 }
                 for (b, xb) in &cases {
                     let reference = match kind {
-                        Kind::Q4K => q4k_block_scalar(b, xb).0,
-                        Kind::Q6K => q6k_block_scalar(b, xb),
+                        Kind::Q4K => q4k_block_scalar(b, xb),
+                        Kind::Q6K => (q6k_block_scalar(b, xb), 0),
                     };
                     // SAFETY: the CPU has AVX2 (checked above).
                     let simd = unsafe { x86::block_dot(kind, b, xb) };
