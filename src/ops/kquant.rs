@@ -468,21 +468,18 @@ pub fn matmul_many(
     // lengths); the SIMD path relies on every row holding k/256 whole blocks.
     assert!(k.is_multiple_of(QK_K) && x.len().is_multiple_of(k));
     assert!(ws.iter().all(|(w, n)| w.len() == n * row_bytes));
-    let m = x.len() / k;
-    let mut xq = Vec::with_capacity(k / QK_K);
-    let mut ys: Vec<Vec<f32>> = ws.iter().map(|(_, n)| vec![0f32; m * n]).collect();
-    let mut row: Vec<Vec<f32>> = ws.iter().map(|(_, n)| vec![0f32; *n]).collect();
-    for (i, xi) in x.chunks_exact(k).enumerate() {
-        quantize_row(xi, &mut xq);
-        let xq = &xq;
-        super::fill_split(&mut row, |w, r| {
-            path.row_dot(kind, &ws[w].0[r * row_bytes..(r + 1) * row_bytes], xq)
-        });
-        for ((y, r), (_, n)) in ys.iter_mut().zip(&row).zip(ws) {
-            y[i * n..(i + 1) * n].copy_from_slice(r);
-        }
-    }
-    ys
+    let ns: Vec<usize> = ws.iter().map(|&(_, n)| n).collect();
+    super::matmul_rows(
+        &ns,
+        k,
+        x,
+        |xi| {
+            let mut xq = Vec::with_capacity(k / QK_K);
+            quantize_row(xi, &mut xq);
+            xq
+        },
+        |xq, w, r| path.row_dot(kind, &ws[w].0[r * row_bytes..(r + 1) * row_bytes], xq),
+    )
 }
 
 #[cfg(test)]

@@ -84,6 +84,30 @@ pub(crate) fn fill_split(outs: &mut [Vec<f32>], f: impl Fn(usize, usize) -> f32 
     }
 }
 
+/// The decode driver of the per-row kernels (`kquant`, `vecdot`): each
+/// activation row of `x` (`k` wide) is prepared once (quantized), then row
+/// `r` of output `w` is `dot(&prepared, w, r)`, every weight's rows in one
+/// pool job. `ns` are the weights' row counts; returns each (m, n_i).
+pub(crate) fn matmul_rows<P: Sync>(
+    ns: &[usize],
+    k: usize,
+    x: &[f32],
+    mut prepare: impl FnMut(&[f32]) -> P,
+    dot: impl Fn(&P, usize, usize) -> f32 + Sync,
+) -> Vec<Vec<f32>> {
+    let m = x.len() / k.max(1);
+    let mut ys: Vec<Vec<f32>> = ns.iter().map(|n| vec![0f32; m * n]).collect();
+    let mut row: Vec<Vec<f32>> = ns.iter().map(|&n| vec![0f32; n]).collect();
+    for (i, xi) in x.chunks_exact(k.max(1)).enumerate() {
+        let p = prepare(xi);
+        fill_split(&mut row, |w, r| dot(&p, w, r));
+        for ((y, r), n) in ys.iter_mut().zip(&row).zip(ns) {
+            y[i * n..(i + 1) * n].copy_from_slice(r);
+        }
+    }
+    ys
+}
+
 /// Calls `f(i, chunk_i)` for each `width`-long chunk of `out`, the chunks
 /// spread over the pool.
 pub(crate) fn fill_chunks(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {

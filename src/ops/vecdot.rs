@@ -58,24 +58,23 @@ fn typed<T: GgmlType>(ws: &[(&[u8], usize)], k: usize, x: &[f32]) -> Option<Vec<
         .map(|&(w, n)| blocks::<T>(w, n, k))
         .collect::<Option<_>>()?;
     let per_row = k / T::BLCK_SIZE;
-    let m = x.len() / k;
-    let mut ys: Vec<Vec<f32>> = ws.iter().map(|(_, n)| vec![0f32; m * n]).collect();
-    let mut row: Vec<Vec<f32>> = ws.iter().map(|(_, n)| vec![0f32; *n]).collect();
-    let mut xq = vec![T::VecDotType::zeros(); per_row];
-    for (i, xi) in x.chunks_exact(k).enumerate() {
-        T::VecDotType::from_float(xi, &mut xq);
-        let xq = &xq;
-        super::fill_split(&mut row, |w, r| {
+    let ns: Vec<usize> = ws.iter().map(|&(_, n)| n).collect();
+    Some(super::matmul_rows(
+        &ns,
+        k,
+        x,
+        |xi| {
+            let mut xq = vec![T::VecDotType::zeros(); per_row];
+            T::VecDotType::from_float(xi, &mut xq);
+            xq
+        },
+        |xq, w, r| {
             let blocks = &bs[w];
             let next = ((r + 1) * per_row).min(blocks.len());
             prefetch_ahead(&blocks[next..(next + per_row).min(blocks.len())]);
             T::vec_dot(k, &blocks[r * per_row..(r + 1) * per_row], xq)
-        });
-        for ((y, r), (_, n)) in ys.iter_mut().zip(&row).zip(ws) {
-            y[i * n..(i + 1) * n].copy_from_slice(r);
-        }
-    }
-    Some(ys)
+        },
+    ))
 }
 
 /// Asks for the next row's weights (`next`) ahead of its dot product: a
