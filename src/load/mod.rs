@@ -52,12 +52,13 @@ pub struct LoadedModel {
     pub quant_report: Option<QuantReport>,
 }
 
-/// Resolves, validates and loads everything a command needs.
 /// The result of a loading thread; a panic there is passed on as it was.
 fn join<T>(r: std::thread::Result<Result<T>>) -> Result<T> {
     r.unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
+/// Resolves, validates and loads everything a command needs; the weights
+/// and the tokenizer load on two threads at once.
 pub fn load(spec: &ModelSpec) -> Result<LoadedModel> {
     let path = hub::resolve(&spec.model, &spec.hub)?;
     if is_gguf(&path) {
