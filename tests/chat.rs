@@ -1060,32 +1060,10 @@ mod library {
 // ---------------------------------------------------------------------------
 // A GGUF model: the chat template embedded in the file
 
-/// SmolLM2-135M-Instruct Q4_1 (scripts/fetch_test_model.sh): None with a
-/// note when it was not fetched, unless EXPERT_REQUIRE_TEST_MODEL=1.
+/// SmolLM2-135M-Instruct Q4_1 as a command-line argument (see
+/// `common::smollm2_gguf`).
 fn smollm2() -> Option<String> {
-    let p = match std::env::var_os("EXPERT_SMOLLM2_GGUF") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => std::env::var_os("EXPERT_TEST_MODELS")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                    .join(".cache/expert-test-models")
-            })
-            .join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
-    };
-    if p.is_file() {
-        return Some(p.to_str().unwrap().to_string());
-    }
-    assert!(
-        std::env::var("EXPERT_REQUIRE_TEST_MODEL").map_or(true, |v| v != "1"),
-        "{} not found; run scripts/fetch_test_model.sh",
-        p.display()
-    );
-    eprintln!(
-        "SKIPPED: {} not found; run scripts/fetch_test_model.sh",
-        p.display()
-    );
-    None
+    common::smollm2_gguf().map(|p| p.to_str().unwrap().to_string())
 }
 
 #[test]

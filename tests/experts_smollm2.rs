@@ -25,36 +25,7 @@ use expert::load::gguf::GgufSource;
 use expert::model::{Lora, Model};
 use std::path::PathBuf;
 
-const GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const DOMAINS: [&str; 3] = ["python", "french", "sql"];
-
-fn model_path() -> Option<PathBuf> {
-    let p = match std::env::var_os("EXPERT_SMOLLM2_GGUF") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => {
-            let root = match std::env::var_os("EXPERT_TEST_MODELS") {
-                Some(r) => PathBuf::from(r),
-                None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                    .join(".cache/expert-test-models"),
-            };
-            root.join("smollm2").join(GGUF)
-        }
-    };
-    if p.is_file() {
-        return Some(p);
-    }
-    if std::env::var("EXPERT_REQUIRE_TEST_MODEL").is_ok_and(|v| v == "1") {
-        panic!(
-            "{} not found and EXPERT_REQUIRE_TEST_MODEL=1; run scripts/fetch_test_model.sh",
-            p.display()
-        );
-    }
-    eprintln!(
-        "SKIPPED: {} not found; run scripts/fetch_test_model.sh",
-        p.display()
-    );
-    None
-}
 
 fn experts_dir() -> PathBuf {
     root().join("tests/fixtures/experts")
@@ -130,7 +101,9 @@ fn assert_own_expert_lowest(t: &[Vec<f64>], which: &str) {
 #[test]
 #[ignore]
 fn perplexity_table_float_and_q4_1() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = common::smollm2_gguf() else {
+        return;
+    };
     let file = GgufFile::open(&path).unwrap();
     let tok = expert::tokenizer::gguf::load(&file).unwrap();
     let cfg = expert::load::gguf::config(&file).unwrap();
@@ -162,7 +135,9 @@ fn perplexity_table_float_and_q4_1() {
 
 #[test]
 fn matching_expert_has_the_lowest_held_out_perplexity() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = common::smollm2_gguf() else {
+        return;
+    };
     let (quant, file) = load_gguf(&path);
     let tok = expert::tokenizer::gguf::load(&file).unwrap();
     // The first 384 tokens of each held-out text, on the Q4_1 base.
@@ -176,7 +151,9 @@ fn matching_expert_has_the_lowest_held_out_perplexity() {
 /// dequantizes): NLL of 128 tokens scored one decode step at a time.
 #[test]
 fn q4_1_decode_with_adapters_stays_within_two_percent_of_float() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = common::smollm2_gguf() else {
+        return;
+    };
     let (model, file) = load_gguf(&path);
     let tok = expert::tokenizer::gguf::load(&file).unwrap();
     let loras = adapters(&model);
@@ -210,7 +187,9 @@ fn q4_1_decode_with_adapters_stays_within_two_percent_of_float() {
 
 #[test]
 fn router_sends_held_out_prompts_to_their_expert() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = common::smollm2_gguf() else {
+        return;
+    };
     let (model, file) = load_gguf(&path);
     let tok = expert::tokenizer::gguf::load(&file).unwrap();
     // The committed manifest, with its cache in a scratch directory.

@@ -14,40 +14,6 @@ use expert::load::gguf::GgufSource;
 use expert::load::quantizing::QuantizingSource;
 use expert::model::Model;
 use serde_json::Value;
-use std::path::PathBuf;
-
-const GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-
-/// The GGUF: $EXPERT_SMOLLM2_GGUF (set by scripts/test.sh), else the
-/// fetch script's cache. None (with a note) when it has not been fetched,
-/// unless $EXPERT_REQUIRE_TEST_MODEL=1, which makes its absence a failure.
-fn model_path() -> Option<PathBuf> {
-    let p = match std::env::var_os("EXPERT_SMOLLM2_GGUF") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => {
-            let root = match std::env::var_os("EXPERT_TEST_MODELS") {
-                Some(r) => PathBuf::from(r),
-                None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                    .join(".cache/expert-test-models"),
-            };
-            root.join("smollm2").join(GGUF)
-        }
-    };
-    if p.is_file() {
-        return Some(p);
-    }
-    if std::env::var("EXPERT_REQUIRE_TEST_MODEL").is_ok_and(|v| v == "1") {
-        panic!(
-            "{} not found and EXPERT_REQUIRE_TEST_MODEL=1; run scripts/fetch_test_model.sh",
-            p.display()
-        );
-    }
-    eprintln!(
-        "SKIPPED: {} not found; run scripts/fetch_test_model.sh",
-        p.display()
-    );
-    None
-}
 
 fn golden() -> Value {
     read_json(&root().join("tests/fixtures/smollm2/golden.json"))
@@ -99,7 +65,9 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
 ///   product. That is the gap to the float reference.
 #[test]
 fn perplexity_within_two_percent_of_float32_reference() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = common::smollm2_gguf() else {
+        return;
+    };
     let g = golden();
     let p = &g["perplexity_english"];
     let text = ids(&p["ids"]);
@@ -145,7 +113,9 @@ fn perplexity_within_two_percent_of_float32_reference() {
 
 #[test]
 fn tokenizer_from_gguf_matches_transformers_on_multilingual_text() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = common::smollm2_gguf() else {
+        return;
+    };
     let g = golden();
     let t = &g["tokenizer_multilingual"];
     let text = std::fs::read_to_string(root().join(t["file"].as_str().unwrap())).unwrap();
@@ -199,7 +169,9 @@ fn tokenizer_from_gguf_matches_transformers_on_multilingual_text() {
 /// plausible-looking but much worse model: the interleaved layout is right.
 #[test]
 fn dequantized_float32_matches_transformers_and_rope_layout_is_proven() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = common::smollm2_gguf() else {
+        return;
+    };
     let g = golden();
     let p = &g["perplexity_english"];
     let text = ids(&p["ids"]);
@@ -254,7 +226,9 @@ fn dequantized_float32_matches_transformers_and_rope_layout_is_proven() {
 /// "The capital of France is" and top logits against the float reference.
 #[test]
 fn quantized_greedy_continuation_matches_reference_prefix() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = common::smollm2_gguf() else {
+        return;
+    };
     let g = golden();
     let case = &g["greedy"][0];
     assert_eq!(case["prompt"], "The capital of France is");
@@ -288,7 +262,9 @@ fn quantized_greedy_continuation_matches_reference_prefix() {
 /// through the quantized kernels instead of f32 GEMMs it flips to "L'…".)
 #[test]
 fn quantized_chat_answer_names_paris() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = common::smollm2_gguf() else {
+        return;
+    };
     let g = golden();
     let chat = &g["chat"];
     let file = GgufFile::open(&path).unwrap();
@@ -310,7 +286,9 @@ fn quantized_chat_answer_names_paris() {
 /// `expert chat` end to end with the template embedded in the GGUF.
 #[test]
 fn cli_chat_answers_paris() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = common::smollm2_gguf() else {
+        return;
+    };
     let o = expert(&[
         "chat",
         "--model",
@@ -333,7 +311,9 @@ fn cli_chat_answers_paris() {
 /// only ffn_down (1536-wide rows) gets Q4_K.
 #[test]
 fn requantized_from_float_perplexity() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = common::smollm2_gguf() else {
+        return;
+    };
     let g = golden();
     let p = &g["perplexity_english"];
     let ids = ids(&p["ids"]);
@@ -372,7 +352,9 @@ fn requantized_from_float_perplexity() {
 /// `expert inspect` on the real GGUF: metadata, architecture and types.
 #[test]
 fn inspect_shows_gguf_metadata_and_tensor_types() {
-    let Some(p) = model_path() else { return };
+    let Some(p) = common::smollm2_gguf() else {
+        return;
+    };
     let o = expert(&["inspect", "--model", p.to_str().unwrap(), "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();

@@ -12,6 +12,38 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// SmolLM2-135M-Instruct Q4_1, the real model `scripts/fetch_test_model.sh`
+/// fetches: $EXPERT_SMOLLM2_GGUF (set by scripts/test.sh), else the fetch
+/// script's cache. None (with a note) when it has not been fetched, unless
+/// $EXPERT_REQUIRE_TEST_MODEL=1, which makes its absence a failure.
+pub fn smollm2_gguf() -> Option<PathBuf> {
+    let p = match std::env::var_os("EXPERT_SMOLLM2_GGUF") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => {
+            let root = match std::env::var_os("EXPERT_TEST_MODELS") {
+                Some(r) => PathBuf::from(r),
+                None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                    .join(".cache/expert-test-models"),
+            };
+            root.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+        }
+    };
+    if p.is_file() {
+        return Some(p);
+    }
+    if std::env::var("EXPERT_REQUIRE_TEST_MODEL").is_ok_and(|v| v == "1") {
+        panic!(
+            "{} not found and EXPERT_REQUIRE_TEST_MODEL=1; run scripts/fetch_test_model.sh",
+            p.display()
+        );
+    }
+    eprintln!(
+        "SKIPPED: {} not found; run scripts/fetch_test_model.sh",
+        p.display()
+    );
+    None
+}
+
 pub fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures/qwen3").join(name)
 }
