@@ -145,6 +145,8 @@ mod avx2 {
 }
 
 /// y = x·Wᵀ for `x` (m, k) f32 and `w` (n, k); returns (m, n).
+/// (The tests' single-weight entry point.)
+#[cfg(test)]
 pub fn matmul(path: Path, w: Rows, n: usize, k: usize, x: &[f32]) -> Vec<f32> {
     matmul_many(path, &[(w, n)], k, x).pop().unwrap_or_default()
 }

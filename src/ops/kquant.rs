@@ -447,6 +447,8 @@ impl Path {
 
 /// y = x·Wᵀ for `x` (m, k) row-major f32 and `w` the raw bytes of an (n, k)
 /// weight of `kind`; returns (m, n) row-major.
+/// (The tests' single-weight entry point.)
+#[cfg(test)]
 pub fn matmul(path: Path, kind: Kind, w: &[u8], n: usize, k: usize, x: &[f32]) -> Vec<f32> {
     matmul_many(path, kind, &[(w, n)], k, x)
         .pop()

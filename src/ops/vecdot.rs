@@ -13,6 +13,8 @@ use candle_core::quantized::GgmlDType;
 
 /// y = x·Wᵀ for `x` (m, k) f32 and `w` the raw blocks of an (n, k) weight of
 /// type `t`; None when `t` is not supported or the bytes do not fit.
+/// (The tests' single-weight entry point.)
+#[cfg(test)]
 pub fn matmul(t: GgmlDType, w: &[u8], n: usize, k: usize, x: &[f32]) -> Option<Vec<f32>> {
     matmul_many(t, &[(w, n)], k, x)?.pop()
 }
