@@ -10,7 +10,7 @@ use common::*;
 use expert::adapters::peft;
 use expert::cli::perplexity::perplexity_with;
 use expert::generate::Engine;
-use expert::model::{Lora, Model};
+use expert::model::{Lora, Model, Precision};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -48,7 +48,7 @@ fn argmax(t: &Tensor) -> u32 {
 
 fn logits(model: &Model, ids: &[u32], lora: Option<&Lora>) -> Vec<Vec<f32>> {
     let h = model
-        .forward_hidden_with(ids, &mut model.new_cache(), lora)
+        .forward_hidden_with(ids, &mut model.new_cache(), lora, Precision::Exact)
         .unwrap();
     model.logits(&h).unwrap().to_vec2::<f32>().unwrap()
 }

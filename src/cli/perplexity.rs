@@ -3,7 +3,7 @@
 use super::adapters::AdapterArgs;
 use super::ModelArgs;
 use crate::model::Lora;
-use crate::model::Model;
+use crate::model::{Model, Precision};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor, D};
 use clap::Args;
@@ -63,8 +63,12 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
     let score = perplexity_with(model, adapter.as_deref(), &ids, window, !args.json)?;
     if let Some(out) = &args.logits_out {
         let first = &ids[..window.min(ids.len())];
-        let hidden =
-            model.forward_hidden_with(first, &mut model.new_cache(), adapter.as_deref())?;
+        let hidden = model.forward_hidden_with(
+            first,
+            &mut model.new_cache(),
+            adapter.as_deref(),
+            Precision::Exact,
+        )?;
         let logits = model.logits(&hidden)?;
         let ids_t = Tensor::new(first, &candle_core::Device::Cpu)?;
         let tensors = std::collections::HashMap::from([
@@ -121,7 +125,8 @@ pub fn perplexity_with(
     let (mut total, mut count) = (0f64, 0usize);
     for w in windows {
         // Each window is its own sequence.
-        let hidden = model.forward_hidden_with(w, &mut model.new_cache(), lora)?;
+        let hidden =
+            model.forward_hidden_with(w, &mut model.new_cache(), lora, Precision::Exact)?;
         // The lm_head runs in slices: full-vocabulary logits for a long
         // window would not fit in memory at once.
         let n = w.len() - 1;

@@ -8,6 +8,7 @@ use super::linear::Linear;
 use super::lora::{pick, LayerLora};
 use super::rope::RopeTables;
 use super::weights::{Weight, WeightSource};
+use crate::ops::matmul::Precision;
 use candle_core::quantized::{ggml_file, QTensor};
 use candle_core::{Module, Result, Tensor};
 
@@ -104,18 +105,19 @@ impl Mlp {
 
     /// SwiGLU: down(silu(gate(x)) * up(x)), each projection with the
     /// layer's LoRA delta when `lora` has one.
-    pub fn forward(&self, x: &Tensor, lora: Option<&LayerLora>) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, lora: Option<&LayerLora>, p: Precision) -> Result<Tensor> {
         let [gate, up]: [Tensor; 2] = Linear::forward_many(
             &[
                 (&self.gate_proj, pick(lora, 4)),
                 (&self.up_proj, pick(lora, 5)),
             ],
             x,
+            p,
         )?
         .try_into()
         .map_err(|_| candle_core::Error::Msg("gate/up projections".into()))?;
         self.down_proj
-            .forward_with(&(candle_nn::ops::silu(&gate)? * up)?, pick(lora, 6))
+            .forward_with(&(candle_nn::ops::silu(&gate)? * up)?, pick(lora, 6), p)
     }
 }
 
@@ -165,6 +167,7 @@ impl Attention {
         rope: &RopeTables,
         kv: &mut LayerKv,
         lora: Option<&LayerLora>,
+        p: Precision,
     ) -> Result<Tensor> {
         let (b, l, _) = x.dims3()?;
         let offset = kv.len();
@@ -178,6 +181,7 @@ impl Attention {
                 (&self.v_proj, pick(lora, 2)),
             ],
             x,
+            p,
         )?
         .try_into()
         .map_err(|_| candle_core::Error::Msg("q/k/v projections".into()))?;
@@ -206,7 +210,7 @@ impl Attention {
         let ctx = ctx
             .transpose(1, 2)?
             .reshape((b, l, self.num_heads * self.head_dim))?;
-        self.o_proj.forward_with(&ctx, pick(lora, 3))
+        self.o_proj.forward_with(&ctx, pick(lora, 3), p)
     }
 }
 
@@ -260,14 +264,15 @@ impl DecoderLayer {
         rope: &RopeTables,
         kv: &mut LayerKv,
         lora: Option<&LayerLora>,
+        p: Precision,
     ) -> Result<Tensor> {
         let h = self
             .self_attn
-            .forward(&self.input_layernorm.forward(x)?, rope, kv, lora)?;
+            .forward(&self.input_layernorm.forward(x)?, rope, kv, lora, p)?;
         let x = (x + h)?;
         let h = self
             .mlp
-            .forward(&self.post_attention_layernorm.forward(&x)?, lora)?;
+            .forward(&self.post_attention_layernorm.forward(&x)?, lora, p)?;
         x + h
     }
 

@@ -7,6 +7,7 @@
 
 use super::lora::LoraPair;
 use super::weights::{Weight, WeightSource};
+use crate::ops::matmul::Precision;
 use candle_core::quantized::QMatMul;
 use candle_core::{Result, Tensor};
 
@@ -92,10 +93,14 @@ impl Linear {
     }
 
     /// Several projections of the same input (q/k/v; gate/up), each with its
-    /// LoRA delta when given: x (…, in) → (…, out_i) in x's dtype. For
-    /// decode rows on the CPU the input is prepared once and all rows run in
-    /// one pool job (`ops::matmul::decode_many`); otherwise one by one.
-    pub fn forward_many(ls: &[(&Linear, Option<&LoraPair>)], x: &Tensor) -> Result<Vec<Tensor>> {
+    /// LoRA delta when given: x (…, in) → (…, out_i) in x's dtype. Where our
+    /// CPU kernels take these rows the input is prepared once and all rows
+    /// run in one pool job (`ops::matmul::matmul_many`); otherwise one by one.
+    pub fn forward_many(
+        ls: &[(&Linear, Option<&LoraPair>)],
+        x: &Tensor,
+        p: Precision,
+    ) -> Result<Vec<Tensor>> {
         use crate::ops::matmul::WeightRef;
         let refs: Option<Vec<WeightRef>> = ls
             .iter()
@@ -108,13 +113,13 @@ impl Linear {
             })
             .collect();
         let base = match refs {
-            Some(refs) => crate::ops::matmul::decode_many(&refs, x)?,
+            Some(refs) => crate::ops::matmul::matmul_many(&refs, x, p)?,
             None => None,
         };
         let Some(base) = base else {
             return ls
                 .iter()
-                .map(|(l, lora)| l.forward_with(x, *lora))
+                .map(|(l, lora)| l.forward_with(x, *lora, p))
                 .collect();
         };
         base.into_iter()
@@ -129,13 +134,18 @@ impl Linear {
             .collect()
     }
 
-    /// x (…, in) → (…, out), in x's dtype.
+    /// x (…, in) → (…, out), in x's dtype, prompt rows computed exactly.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_as(x, Precision::Exact)
+    }
+
+    /// `forward`, with prompt rows on a quantized weight computed as `p` says.
+    pub fn forward_as(&self, x: &Tensor, p: Precision) -> Result<Tensor> {
         let y = match &self.weight {
             LinearWeight::Dense(l) => crate::ops::matmul::dense_forward(l, x)?,
             LinearWeight::Quantized(q) => {
                 // Quantized matmuls take f32 activations on CPU.
-                crate::ops::matmul::qmatmul_forward(q, x)?.to_dtype(x.dtype())?
+                crate::ops::matmul::qmatmul_forward(q, x, p)?.to_dtype(x.dtype())?
             }
         };
         match &self.bias {
@@ -144,9 +154,14 @@ impl Linear {
         }
     }
 
-    /// `forward` plus an unmerged LoRA delta, when the sequence uses one.
-    pub fn forward_with(&self, x: &Tensor, lora: Option<&LoraPair>) -> Result<Tensor> {
-        let y = self.forward(x)?;
+    /// `forward_as` plus an unmerged LoRA delta, when the sequence uses one.
+    pub fn forward_with(
+        &self,
+        x: &Tensor,
+        lora: Option<&LoraPair>,
+        p: Precision,
+    ) -> Result<Tensor> {
+        let y = self.forward_as(x, p)?;
         match lora {
             Some(l) => y + l.delta(x)?,
             None => Ok(y),

@@ -16,6 +16,7 @@ pub mod rope;
 pub mod transformer;
 pub mod weights;
 
+pub use crate::ops::matmul::Precision;
 pub use config::ModelConfig;
 pub use kv_cache::KvCache;
 pub use lora::Lora;

@@ -13,6 +13,7 @@ use super::linear::Linear;
 use super::lora::Lora;
 use super::rope::Rope;
 use super::weights::WeightSource;
+use crate::ops::matmul::Precision;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 
@@ -94,18 +95,21 @@ impl Model {
     }
 
     /// Runs `ids` (appended after the positions `cache` holds) through the
-    /// decoder and returns the final-normed hidden states, (L, hidden).
+    /// decoder and returns the final-normed hidden states, (L, hidden),
+    /// computed exactly (`Precision::Exact`).
     pub fn forward_hidden(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        self.forward_hidden_with(ids, cache, None)
+        self.forward_hidden_with(ids, cache, None, Precision::Exact)
     }
 
-    /// `forward_hidden` with a LoRA adapter applied unmerged. The cache must
-    /// have been filled under the same adapter (its keys and values depend on it).
+    /// `forward_hidden` with a LoRA adapter applied unmerged, and prompt
+    /// rows on quantized weights computed as `p` says. The cache must have
+    /// been filled under the same adapter (its keys and values depend on it).
     pub fn forward_hidden_with(
         &self,
         ids: &[u32],
         cache: &mut KvCache,
         lora: Option<&Lora>,
+        p: Precision,
     ) -> Result<Tensor> {
         if let Some(l) = lora {
             if l.num_layers() != self.layers.len() {
@@ -146,7 +150,7 @@ impl Model {
         let mut x = self.embed_tokens.forward(&input)?.to_dtype(self.dtype)?;
         let rope = self.rope.tables(start, ids.len(), self.dtype)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&x, &rope, cache.layer(i), lora.and_then(|l| l.layer(i)))?;
+            x = layer.forward(&x, &rope, cache.layer(i), lora.and_then(|l| l.layer(i)), p)?;
         }
         Ok(self.norm.forward(&x)?.squeeze(0)?)
     }
@@ -163,7 +167,9 @@ impl Model {
     }
 
     /// f32 logits of the last position only, (vocab,): prefill's and each
-    /// decode step's output.
+    /// decode step's output. Prompt rows on quantized weights are computed
+    /// as decode computes a token (`Precision::Int8x2`), the largest logits
+    /// exactly (`Linear::forward_refined`).
     pub fn forward_last(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
         self.forward_last_with(ids, cache, None)
     }
@@ -175,7 +181,7 @@ impl Model {
         cache: &mut KvCache,
         lora: Option<&Lora>,
     ) -> Result<Tensor> {
-        let hidden = self.forward_hidden_with(ids, cache, lora)?;
+        let hidden = self.forward_hidden_with(ids, cache, lora, Precision::Int8x2)?;
         let last = hidden.narrow(0, ids.len() - 1, 1)?;
         let logits = self.lm_head.forward_refined(&last)?.to_dtype(DType::F32)?;
         Ok(logits.squeeze(0)?)

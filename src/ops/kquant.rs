@@ -105,7 +105,7 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
 /// Q4_K's eight 6-bit (scale, min) pairs from its 12 packed bytes
 /// (ggml's `get_scale_min_k4`).
 #[inline(always)]
-fn q4k_scales(s: &[u8]) -> ([u8; 8], [u8; 8]) {
+pub(super) fn q4k_scales(s: &[u8]) -> ([u8; 8], [u8; 8]) {
     let (mut sc, mut m) = ([0u8; 8], [0u8; 8]);
     for j in 0..8 {
         if j < 4 {

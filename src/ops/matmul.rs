@@ -26,14 +26,14 @@ const DEQUANT_CHUNK: usize = 1 << 24;
 
 /// A dense projection's forward pass: x (…, in) → (…, out), in x's dtype.
 ///
-/// On the CPU, decode rows use `ops::gemv` through [`decode_many`]
+/// On the CPU, decode rows use `ops::gemv` through [`matmul_many`]
 /// (threaded; f32, bf16 and f16 weights). A bf16/f16 weight is held as
 /// stored and computed in f32: for prompts it is widened in chunks of rows
 /// for an f32 GEMM. Everything else is candle's matmul.
 pub fn dense_forward(l: &candle_nn::Linear, x: &Tensor) -> candle_core::Result<Tensor> {
     use candle_core::Module;
     let w = l.weight();
-    let y = if let Some(mut ys) = decode_many(&[WeightRef::Dense(w)], x)? {
+    let y = if let Some(mut ys) = matmul_many(&[WeightRef::Dense(w)], x, Precision::Exact)? {
         ys.pop().expect("one output per weight")
     } else if x.device().is_cpu() && matches!(w.dtype(), DType::BF16 | DType::F16) {
         let (n, k) = w.dims2()?;
@@ -50,44 +50,73 @@ pub fn dense_forward(l: &candle_nn::Linear, x: &Tensor) -> candle_core::Result<T
     y.to_dtype(x.dtype())
 }
 
+/// How prompt rows (from `DEQUANT_MIN_ROWS` on) of a quantized weight are
+/// computed on the CPU. Dense weights are computed in f32 either way, and
+/// so is every row of a weight type `qgemm` does not cover.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// The f32 product on the dequantized weight: exactly the dequantized
+    /// model, as transformers computes it. `expert perplexity` uses this.
+    Exact,
+    /// Each activation carried as two 8-bit terms (about 15 bits: a block's
+    /// 8-bit rounding and the rounding of its remainder), multiplied by the
+    /// quantized blocks in integer SIMD (`qgemm`) for the 32-element block
+    /// types, Q4_K and Q6_K. Within ~1e-5 of `Exact` (tested), where one
+    /// 8-bit term (llama.cpp's prompts, and our decode rows) moves
+    /// SmolLM2's logits by ~0.1 and flips its first answer token. What
+    /// generation's prefill uses: 2–3× faster than `Exact` on a prompt.
+    Int8x2,
+}
+
 /// A quantized projection's forward pass: x (…, in) f32 → (…, out) f32.
 pub fn qmatmul_forward(
     q: &candle_core::quantized::QMatMul,
     x: &Tensor,
+    p: Precision,
 ) -> candle_core::Result<Tensor> {
     use candle_core::quantized::QMatMul;
     use candle_core::Module;
     let x = x.to_dtype(DType::F32)?;
     if let QMatMul::QTensor(w) = q {
-        let k = x.dim(candle_core::D::Minus1)?;
-        let rows = x.elem_count() / k.max(1);
-        if x.device().is_cpu() && w.device().is_cpu() && rows >= DEQUANT_MIN_ROWS {
-            return dequantized_matmul(w, &x);
-        }
-        if let Some(mut ys) = decode_many(&[WeightRef::Quantized(w)], &x)? {
+        if let Some(mut ys) = matmul_many(&[WeightRef::Quantized(w)], &x, p)? {
             return Ok(ys.pop().expect("one output per weight"));
+        }
+        if x.device().is_cpu() && w.device().is_cpu() {
+            return dequantized_matmul(w, &x);
         }
     }
     q.forward(&x)
 }
 
-/// A projection weight, for [`decode_many`].
+/// A projection weight, for [`matmul_many`].
 pub enum WeightRef<'a> {
     Dense(&'a Tensor),
     Quantized(&'a QTensor),
 }
 
-/// Several projections that read the same decode rows (q/k/v; gate/up):
-/// the activations are prepared (quantized) once, and all the weights' rows
-/// run in one pool job per row. x (…, k) → each (…, n_i) f32. None when the
-/// weights are not all of one kind our CPU kernels handle, or x has prompt
-/// rows: the caller then runs them one by one.
-pub fn decode_many(ws: &[WeightRef], x: &Tensor) -> candle_core::Result<Option<Vec<Tensor>>> {
+/// Several projections that read the same rows (q/k/v; gate/up) on our CPU
+/// kernels: the activations are prepared (quantized) once, and all the
+/// weights' rows run in one pool job. Decode rows (fewer than
+/// `DEQUANT_MIN_ROWS`) on dense weights and every quantized type; with
+/// `Precision::Int8x2`, prompt rows too on the types `qgemm` takes (the
+/// 32-element block types, Q4_K and Q6_K). x (…, k) → each (…, n_i) f32. None when the weights are not
+/// all of one kind these kernels handle for these rows: the caller then
+/// runs them one by one.
+pub fn matmul_many(
+    ws: &[WeightRef],
+    x: &Tensor,
+    p: Precision,
+) -> candle_core::Result<Option<Vec<Tensor>>> {
     use super::gemv::Rows;
     use candle_core::{CpuStorage, Storage};
     let k = x.dim(candle_core::D::Minus1)?;
     let rows = x.elem_count() / k.max(1);
-    if ws.is_empty() || !x.device().is_cpu() || rows >= DEQUANT_MIN_ROWS {
+    let qgemm_kind = |w: &WeightRef| match w {
+        WeightRef::Quantized(q) => super::qgemm::Format::of(q.dtype()).is_some(),
+        WeightRef::Dense(_) => false,
+    };
+    let int8_prompt = p == Precision::Int8x2 && ws.iter().all(qgemm_kind);
+    if ws.is_empty() || !x.device().is_cpu() || (rows >= DEQUANT_MIN_ROWS && !int8_prompt) {
         return Ok(None);
     }
     let x32: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
@@ -142,7 +171,20 @@ pub fn decode_many(ws: &[WeightRef], x: &Tensor) -> candle_core::Result<Option<V
                 parts.push((q.data()?, n));
             }
             let refs: Vec<(&[u8], usize)> = parts.iter().map(|(d, n)| (&d[..], *n)).collect();
-            if let Some(kind) = super::qdot::Kind::of(t) {
+            // Several rows: the tiled GEMM where it takes the type (from
+            // `DEQUANT_MIN_ROWS` rows on only with `Int8x2`, checked above);
+            // decode rows: the row kernels (prefetching, no padding).
+            let tiled = match super::qgemm::Format::of(t) {
+                Some(fmt) if rows > 1 => {
+                    super::qgemm::matmul_many(super::qdot::Path::detect(), fmt, &refs, k, &x32)
+                }
+                _ => None,
+            };
+            if let Some(ys) = tiled {
+                ys
+            } else if rows >= DEQUANT_MIN_ROWS {
+                return Ok(None);
+            } else if let Some(kind) = super::qdot::Kind::of(t) {
                 super::qdot::matmul_many(super::qdot::Path::detect(), kind, &refs, k, &x32)
             } else if let Some(kind) = super::kquant::Kind::of(t) {
                 super::kquant::matmul_many(super::kquant::Path::detect(), kind, &refs, k, &x32)
@@ -312,11 +354,11 @@ mod tests {
         }
     }
 
-    /// `decode_many` (one prepared input, one pool job) gives exactly what
+    /// `matmul_many` (one prepared input, one pool job) gives exactly what
     /// each projection alone gives, for every kernel family: f32 and bf16
     /// (gemv), Q4_1 and Q8_0 (qdot), Q4_K (vecdot); q/k/v-like shapes.
     #[test]
-    fn decode_many_equals_one_by_one() {
+    fn matmul_many_equals_one_by_one() {
         let k = 256;
         let ns = [512, 128, 128];
         let x =
@@ -337,7 +379,7 @@ mod tests {
         for dtype in [DType::F32, DType::BF16] {
             let ws: Vec<Tensor> = ws.iter().map(|w| w.to_dtype(dtype).unwrap()).collect();
             let refs: Vec<WeightRef> = ws.iter().map(WeightRef::Dense).collect();
-            let many = decode_many(&refs, &x).unwrap().unwrap();
+            let many = matmul_many(&refs, &x, Precision::Exact).unwrap().unwrap();
             for (w, y) in ws.iter().zip(&many) {
                 let one = dense_forward(&candle_nn::Linear::new(w.clone(), None), &x).unwrap();
                 assert_eq!(values(y), values(&one), "{dtype:?}");
@@ -350,21 +392,23 @@ mod tests {
                 .map(|w| QTensor::quantize(w, t).unwrap())
                 .collect();
             let refs: Vec<WeightRef> = qs.iter().map(WeightRef::Quantized).collect();
-            let many = decode_many(&refs, &x).unwrap().unwrap();
+            let many = matmul_many(&refs, &x, Precision::Exact).unwrap().unwrap();
             for (w, y) in ws.iter().zip(&many) {
                 let q =
                     candle_core::quantized::QMatMul::from_qtensor(QTensor::quantize(w, t).unwrap())
                         .unwrap();
-                let one = qmatmul_forward(&q, &x).unwrap();
+                let one = qmatmul_forward(&q, &x, Precision::Exact).unwrap();
                 assert_eq!(values(y), values(&one), "{t:?}");
             }
         }
         // Mixed kinds are left to the caller.
         let q = QTensor::quantize(&ws[1], GgmlDType::Q8_0).unwrap();
-        assert!(
-            decode_many(&[WeightRef::Dense(&ws[0]), WeightRef::Quantized(&q)], &x)
-                .unwrap()
-                .is_none()
-        );
+        assert!(matmul_many(
+            &[WeightRef::Dense(&ws[0]), WeightRef::Quantized(&q)],
+            &x,
+            Precision::Exact
+        )
+        .unwrap()
+        .is_none());
     }
 }

@@ -4,6 +4,8 @@
 //! - `gemv`: our threaded f32 × f32 kernel for decode rows (AVX2+FMA or scalar)
 //! - `qdot`: our Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 × f32 kernels for decode (AVX-512 VNNI, AVX2 or
 //!   scalar, chosen at run time; eight weight rows per tile, weights prefetched)
+//! - `qgemm`: the same kernels' arithmetic for prompt rows: each tile of eight weight rows
+//!   unpacked once and run against all the prompt's rows (bit-identical to `qdot`)
 //! - `kquant`: our Q4_K/Q6_K × f32 kernels for decode (AVX2 or scalar)
 //! - `vecdot`: the other k-quants for decode (candle's SIMD dot products on our pool)
 //! - `pool`: the one persistent thread pool all of these run on
@@ -18,6 +20,7 @@ pub mod kquant;
 pub mod matmul;
 pub mod pool;
 pub mod qdot;
+pub mod qgemm;
 pub mod vecdot;
 
 /// Sets the number of threads for all per-token work: candle's barrier pool

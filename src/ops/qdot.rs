@@ -58,7 +58,7 @@ impl Kind {
         }
     }
 
-    pub fn block_bytes(self) -> usize {
+    pub const fn block_bytes(self) -> usize {
         match self {
             Kind::Q4_0 => 18,
             Kind::Q4_1 => 20,
@@ -69,7 +69,7 @@ impl Kind {
     }
 
     /// Offsets of (qh, quants) in a block; qh is present for Q5 only.
-    const fn layout(self) -> (Option<usize>, usize) {
+    pub(super) const fn layout(self) -> (Option<usize>, usize) {
         match self {
             Kind::Q4_0 => (None, 2),
             Kind::Q4_1 => (None, 4),
@@ -80,12 +80,12 @@ impl Kind {
     }
 
     /// Whether a block carries a minimum `m` (value = q·d + m).
-    const fn has_min(self) -> bool {
+    pub(super) const fn has_min(self) -> bool {
         matches!(self, Kind::Q4_1 | Kind::Q5_1)
     }
 
     /// What is subtracted from the stored unsigned quant (value = (q − off)·d).
-    const fn offset(self) -> i32 {
+    pub(super) const fn offset(self) -> i32 {
         match self {
             Kind::Q4_0 => 8,
             Kind::Q5_0 => 16,
@@ -93,11 +93,11 @@ impl Kind {
         }
     }
 
-    const fn code(self) -> u8 {
+    pub(super) const fn code(self) -> u8 {
         self as u8
     }
 
-    const fn from_code(c: u8) -> Self {
+    pub(super) const fn from_code(c: u8) -> Self {
         match c {
             0 => Kind::Q4_0,
             1 => Kind::Q4_1,
@@ -114,35 +114,65 @@ impl Kind {
 pub struct BlockQ8 {
     /// candle's f16 `d` and `s` (= d·Σq), widened once here instead of for
     /// every weight row.
-    d: f32,
-    s: f32,
+    pub(super) d: f32,
+    pub(super) s: f32,
     /// Σq, for the offsets of Q4_0/Q5_0 (and of Q8_0 on the VNNI path).
-    qsum: i32,
-    qs: [i8; QK],
+    pub(super) qsum: i32,
+    pub(super) qs: [i8; QK],
+}
+
+impl BlockQ8 {
+    /// A block of zeros (padding rows of `qgemm`).
+    pub(super) const ZERO: Self = Self {
+        d: 0.0,
+        s: 0.0,
+        qsum: 0,
+        qs: [0; QK],
+    };
 }
 
 /// Quantizes one row of activations (a multiple of 32) as candle's
 /// `quantize_row_q8_1` does.
 pub fn quantize_row(x: &[f32], out: &mut Vec<BlockQ8>) {
     out.clear();
-    for xs in x.chunks_exact(QK) {
+    out.resize(x.len() / QK, BlockQ8::ZERO);
+    quantize_into(x, out);
+}
+
+/// `quantize_row` into `out` (one block per 32 elements of `x`).
+pub(super) fn quantize_into(x: &[f32], out: &mut [BlockQ8]) {
+    for (xs, o) in x.chunks_exact(QK).zip(out) {
         let amax = xs.iter().fold(0f32, |a, &v| a.max(v.abs()));
         let d = amax / 127.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         let dh = f16::from_f32(d);
         let mut qs = [0i8; QK];
-        let mut sum = 0i32;
-        for j in 0..QK / 2 {
-            qs[j] = f32::round(xs[j] * id) as i8;
-            qs[j + QK / 2] = f32::round(xs[j + QK / 2] * id) as i8;
-            sum += qs[j] as i32 + qs[j + QK / 2] as i32;
+        for (q, &v) in qs.iter_mut().zip(xs) {
+            *q = round_away(v * id) as i8;
         }
-        out.push(BlockQ8 {
+        let sum = qs.iter().map(|&q| q as i32).sum::<i32>();
+        *o = BlockQ8 {
             d: dh.to_f32(),
             s: (f16::from_f32(sum as f32) * dh).to_f32(),
             qsum: sum,
             qs,
-        });
+        };
+    }
+}
+
+/// `f32::round` (half away from zero) for |v| ≤ 128, without the libm call
+/// `round` compiles to on baseline x86-64: the truncation is exact, and so
+/// is `v − t`.
+#[inline(always)]
+pub(super) fn round_away(v: f32) -> i32 {
+    let t = v as i32;
+    let frac = v - t as f32;
+    if frac >= 0.5 {
+        t + 1
+    } else if frac <= -0.5 {
+        t - 1
+    } else {
+        t
     }
 }
 
@@ -212,7 +242,7 @@ static HIGH_BITS: [u64; 256] = {
 };
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use super::{BlockQ8, Kind, HIGH_BITS};
     use std::arch::x86_64::*;
 
@@ -221,7 +251,7 @@ mod x86 {
     ///
     /// SAFETY: `b` is one whole block of `kind` (the loads stay inside it).
     #[inline(always)]
-    unsafe fn weights(kind: Kind, b: *const u8) -> __m256i {
+    pub(in crate::ops) unsafe fn weights(kind: Kind, b: *const u8) -> __m256i {
         let (qh_off, qs_off) = kind.layout();
         let p = b.add(qs_off);
         if kind == Kind::Q8_0 {
@@ -749,6 +779,24 @@ mod tests {
                         .fold(0f32, f32::max);
                     // |x| < 1, 8-bit activations: error ≲ √k · |w| · |x| / 254.
                     assert!(worst < 0.02 * (k as f32).sqrt(), "{t:?} {path:?}: {worst}");
+                }
+            }
+        }
+    }
+
+    /// `round_away` is `f32::round` over the range activations reach
+    /// (every 1/4096 step of ±128, and the floats either side of each half).
+    #[test]
+    fn round_away_equals_round() {
+        for i in -(128 * 4096)..=(128 * 4096) {
+            let v = i as f32 / 4096.0;
+            for v in [
+                v,
+                f32::from_bits(v.to_bits() + 1),
+                f32::from_bits(v.to_bits().max(1) - 1),
+            ] {
+                if v.abs() <= 128.0 {
+                    assert_eq!(round_away(v), v.round() as i32, "{v}");
                 }
             }
         }
