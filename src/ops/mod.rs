@@ -4,12 +4,12 @@
 //! - `gemv`: our threaded f32 × f32 kernel for decode rows (AVX2+FMA or scalar)
 //! - `qdot`: our Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 × f32 kernels for decode (AVX-512 VNNI, AVX2 or
 //!   scalar, chosen at run time; eight weight rows per tile, weights prefetched)
-//! - `qgemm`: the same kernels' arithmetic for prompt rows: each tile of eight weight rows
-//!   unpacked once and run against all the prompt's rows (bit-identical to `qdot`)
+//! - `qgemm`: prompt rows on Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q6_K: each tile of eight weight rows
+//!   unpacked once and run against all the prompt's rows, activations as two 8-bit terms (~15 bits)
 //! - `kquant`: our Q4_K/Q6_K × f32 kernels for decode (AVX2 or scalar)
 //! - `vecdot`: the other k-quants for decode (candle's SIMD dot products on our pool)
 //! - `pool`: the one persistent thread pool all of these run on
-//! - `attention`: causal grouped-query attention over the KV cache
+//! - `attention`: causal grouped-query attention over the KV cache (prompt and decode rows)
 //!
 //! Own SIMD kernels go here, behind the same functions, each tested against
 //! a scalar reference.

@@ -21,7 +21,9 @@
 //! rounded to 8 bits per block, as llama.cpp also does for prompts.
 
 use super::kquant::QK_K;
-use super::qdot::{round_away, BlockQ8, Kind, Path, QK};
+#[cfg(test)]
+use super::qdot::round_away;
+use super::qdot::{BlockQ8, Kind, Path, QK};
 use candle_core::quantized::GgmlDType;
 
 /// Weight rows per tile: one i32 lane each.
@@ -196,8 +198,11 @@ mod x86 {
         }
         if fmt == Format::Q6K {
             let c = t.corr.as_mut_ptr().add(b * 2 * TILE);
-            _mm256_storeu_si256(c as *mut __m256i, _mm256_slli_epi32(corr[0], 7));
-            _mm256_storeu_si256(c.add(TILE) as *mut __m256i, _mm256_slli_epi32(corr[1], 7));
+            // 128·Σw for each of the two terms, in units of the pair's d:
+            // 128·(254 + 1)·Σw.
+            let k = _mm256_set1_epi32(128 * (super::RATIO + 1));
+            _mm256_storeu_si256(c as *mut __m256i, _mm256_mullo_epi32(corr[0], k));
+            _mm256_storeu_si256(c.add(TILE) as *mut __m256i, _mm256_mullo_epi32(corr[1], k));
         }
     }
 
@@ -340,6 +345,16 @@ mod x86 {
         }
     }
 
+    /// A prompt row's integer block dot from its two terms' lanes, in units
+    /// of its `d`: 254·main + residual (`quantize_pair`).
+    #[inline(always)]
+    unsafe fn combine(main: __m256i, resid: __m256i) -> __m256i {
+        _mm256_add_epi32(
+            _mm256_mullo_epi32(main, _mm256_set1_epi32(super::RATIO)),
+            resid,
+        )
+    }
+
     /// `acc` + f32(sumi)·(d_w·d_x): `qdot`'s tile kernel's float step.
     #[inline(always)]
     unsafe fn scale_add(acc: __m256, sumi: __m256i, d: __m256, xd: f32) -> __m256 {
@@ -365,8 +380,8 @@ mod x86 {
     ) {
         let fmt = Format::from_code(F);
         let off = offset::<VNNI>(fmt);
-        let mut acc = [_mm256_setzero_ps(); G];
-        let mut mins = [_mm256_setzero_ps(); G];
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut mins = [_mm256_setzero_ps(); 4];
         for b in 0..blocks {
             let q = t.quants.as_ptr().add(b * TILE_BLOCK);
             let s = t.signs.as_ptr().add(b * TILE_BLOCK);
@@ -377,11 +392,12 @@ mod x86 {
                 if fmt == Format::Q6K && g == TILE / 2 {
                     // The first 16 elements, under their own scale.
                     let c = _mm256_loadu_si256(corr);
-                    for r in 0..G {
-                        let xr = &*x.add(r * blocks + b);
-                        acc[r] = scale_add(acc[r], _mm256_sub_epi32(sumi[r], c), d, xr.d);
-                        sumi[r] = _mm256_setzero_si256();
+                    for p in 0..G / 2 {
+                        let xm = &*x.add(2 * p * blocks + b);
+                        let si = _mm256_sub_epi32(combine(sumi[2 * p], sumi[2 * p + 1]), c);
+                        acc[p] = scale_add(acc[p], si, d, xm.d);
                     }
+                    sumi = [_mm256_setzero_si256(); G];
                 }
                 let w = _mm256_loadu_si256(q.add(g * QK) as *const __m256i);
                 let sg = s.add(g * QK);
@@ -389,34 +405,32 @@ mod x86 {
                     sumi[r] = dot4::<F, VNNI>(sumi[r], w, sg, &*x.add(r * blocks + b), g);
                 }
             }
-            let d = if fmt == Format::Q6K {
-                let c = _mm256_loadu_si256(corr.add(1));
-                for v in sumi.iter_mut() {
-                    *v = _mm256_sub_epi32(*v, c);
-                }
-                _mm256_loadu_ps(t.d2.as_ptr().add(b * TILE))
+            let (d, c) = if fmt == Format::Q6K {
+                (
+                    _mm256_loadu_ps(t.d2.as_ptr().add(b * TILE)),
+                    _mm256_loadu_si256(corr.add(1)),
+                )
             } else {
-                d
+                (d, _mm256_setzero_si256())
             };
             let m = _mm256_loadu_ps(t.m.as_ptr().add(b * TILE));
-            for r in 0..G {
-                let xr = &*x.add(r * blocks + b);
-                let si = if off != 0 {
-                    _mm256_sub_epi32(sumi[r], _mm256_set1_epi32(off * xr.qsum))
-                } else {
-                    sumi[r]
-                };
-                acc[r] = scale_add(acc[r], si, d, xr.d);
+            for p in 0..G / 2 {
+                let xm = &*x.add(2 * p * blocks + b);
+                let mut si = combine(sumi[2 * p], sumi[2 * p + 1]);
+                if off != 0 {
+                    si = _mm256_sub_epi32(si, _mm256_set1_epi32(off * xm.qsum));
+                }
+                if fmt == Format::Q6K {
+                    si = _mm256_sub_epi32(si, c);
+                }
+                acc[p] = scale_add(acc[p], si, d, xm.d);
                 if fmt.has_min() {
-                    mins[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(xr.d * xr.qsum as f32), mins[r]);
+                    mins[p] = _mm256_fmadd_ps(m, _mm256_set1_ps(xm.s), mins[p]);
                 }
             }
         }
         for p in 0..G / 2 {
-            out[p] = _mm256_add_ps(
-                _mm256_add_ps(acc[2 * p], acc[2 * p + 1]),
-                _mm256_add_ps(mins[2 * p], mins[2 * p + 1]),
-            );
+            out[p] = _mm256_add_ps(acc[p], mins[p]);
         }
     }
 
@@ -503,35 +517,127 @@ mod x86 {
     entry!(tile_vnni, true, 8, "avx2,fma,f16c,avx512vnni,avx512vl");
 }
 
+/// Residual steps per main step: a block's activations are carried as
+/// d·(RATIO·q₁ + q₂), two 8-bit terms summed in integers.
+const RATIO: i32 = 254;
+
 /// Splits one row of activations (a multiple of 32) into two 8-bit rows
-/// whose sum carries about 15 bits: per 32-element block, `main` = x
-/// rounded to d₁·q (d₁ = max|x|/127) and `resid` = the remainder x − d₁·q
-/// rounded the same way (its d₂ ≤ d₁/254). Each block's `s` is unused
-/// here: the minimum terms take d·Σq.
-pub(super) fn quantize_pair(x: &[f32], main: &mut [BlockQ8], resid: &mut [BlockQ8]) {
+/// whose combination carries about 15 bits: per 32-element block, q₁ = x
+/// rounded in steps of d₁ = max|x|/127, and q₂ = the remainder x − d₁·q₁
+/// rounded in steps of d₁/254 (it is at most d₁/2, so |q₂| ≤ 127); x ≈
+/// d·(254·q₁ + q₂) with d = d₁/254. `main` gets q₁ and, for the pair, d,
+/// Σ(254·q₁ + q₂) and s = d·that Σ (the minimum terms' factor); `resid`
+/// gets q₂ only. The scalar reference of `quantize_pair_avx2`.
+#[cfg(test)]
+fn quantize_pair(x: &[f32], main: &mut [BlockQ8], resid: &mut [BlockQ8]) {
     for ((xs, a), b) in x.chunks_exact(QK).zip(main).zip(resid) {
-        let mut r = [0f32; QK];
-        for (o, part) in [a, b].into_iter().enumerate() {
-            let src: &[f32] = if o == 0 { xs } else { &r };
-            let amax = src.iter().fold(0f32, |a, &v| a.max(v.abs()));
-            let d = amax / 127.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-            let mut qs = [0i8; QK];
-            for (q, &v) in qs.iter_mut().zip(src) {
-                *q = round_away(v * id).clamp(-127, 127) as i8;
-            }
-            if o == 0 {
-                for ((r, &v), &q) in r.iter_mut().zip(xs).zip(&qs) {
-                    *r = v - d * q as f32;
-                }
-            }
-            *part = BlockQ8 {
-                d,
-                s: 0.0,
-                qsum: qs.iter().map(|&q| q as i32).sum(),
-                qs,
-            };
+        let amax = xs.iter().fold(0f32, |a, &v| a.max(v.abs()));
+        let d1 = amax / 127.0;
+        let id1 = if d1 != 0.0 { 1.0 / d1 } else { 0.0 };
+        let id2 = RATIO as f32 * id1;
+        let (mut q1, mut q2) = ([0i8; QK], [0i8; QK]);
+        for ((&v, q1), q2) in xs.iter().zip(&mut q1).zip(&mut q2) {
+            let q = round_away(v * id1).clamp(-127, 127);
+            let r = v - d1 * q as f32;
+            *q1 = q as i8;
+            *q2 = round_away(r * id2).clamp(-127, 127) as i8;
         }
+        let sum = |q: &[i8; QK]| q.iter().map(|&q| q as i32).sum::<i32>();
+        let qsum = RATIO * sum(&q1) + sum(&q2);
+        let d = d1 / RATIO as f32;
+        *a = BlockQ8 {
+            d,
+            s: d * qsum as f32,
+            qsum,
+            qs: q1,
+        };
+        *b = BlockQ8 {
+            d: 0.0,
+            s: 0.0,
+            qsum: 0,
+            qs: q2,
+        };
+    }
+}
+
+/// `quantize_pair` in AVX2, bit for bit (the same float operations, in
+/// the same order, lane by lane).
+///
+/// SAFETY: the CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_pair_avx2(x: &[f32], main: &mut [BlockQ8], resid: &mut [BlockQ8]) {
+    use std::arch::x86_64::*;
+    /// `round_away` on eight lanes, clamped to ±127.
+    #[inline(always)]
+    unsafe fn round8(t: __m256) -> __m256i {
+        let ti = _mm256_cvttps_epi32(t);
+        let frac = _mm256_sub_ps(t, _mm256_cvtepi32_ps(ti));
+        let up = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(frac, _mm256_set1_ps(0.5)));
+        let down = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(frac, _mm256_set1_ps(-0.5)));
+        let q = _mm256_add_epi32(_mm256_sub_epi32(ti, up), down);
+        _mm256_max_epi32(
+            _mm256_min_epi32(q, _mm256_set1_epi32(127)),
+            _mm256_set1_epi32(-127),
+        )
+    }
+    /// 32 i32 lanes (four vectors, in order) → 32 i8 at `out`.
+    #[inline(always)]
+    unsafe fn pack(q: [__m256i; 4], out: *mut i8) {
+        let ab = _mm256_packs_epi32(q[0], q[1]);
+        let cd = _mm256_packs_epi32(q[2], q[3]);
+        let v = _mm256_packs_epi16(ab, cd);
+        let v = _mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(out as *mut __m256i, v);
+    }
+    #[inline(always)]
+    unsafe fn hsum(v: __m256i) -> i32 {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+        _mm_cvtsi128_si32(s)
+    }
+    let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+    for ((xs, a), b) in x.chunks_exact(QK).zip(main).zip(resid) {
+        let p = xs.as_ptr();
+        let v = [
+            _mm256_loadu_ps(p),
+            _mm256_loadu_ps(p.add(8)),
+            _mm256_loadu_ps(p.add(16)),
+            _mm256_loadu_ps(p.add(24)),
+        ];
+        let m = _mm256_max_ps(
+            _mm256_max_ps(_mm256_and_ps(v[0], abs), _mm256_and_ps(v[1], abs)),
+            _mm256_max_ps(_mm256_and_ps(v[2], abs), _mm256_and_ps(v[3], abs)),
+        );
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+        let d1 = amax / 127.0;
+        let id1 = if d1 != 0.0 { 1.0 / d1 } else { 0.0 };
+        let id2 = RATIO as f32 * id1;
+        let (vd1, vid1, vid2) = (_mm256_set1_ps(d1), _mm256_set1_ps(id1), _mm256_set1_ps(id2));
+        let mut q1 = [_mm256_setzero_si256(); 4];
+        let mut q2 = [_mm256_setzero_si256(); 4];
+        for i in 0..4 {
+            q1[i] = round8(_mm256_mul_ps(v[i], vid1));
+            let r = _mm256_sub_ps(v[i], _mm256_mul_ps(vd1, _mm256_cvtepi32_ps(q1[i])));
+            q2[i] = round8(_mm256_mul_ps(r, vid2));
+        }
+        let s1 = hsum(_mm256_add_epi32(
+            _mm256_add_epi32(q1[0], q1[1]),
+            _mm256_add_epi32(q1[2], q1[3]),
+        ));
+        let s2 = hsum(_mm256_add_epi32(
+            _mm256_add_epi32(q2[0], q2[1]),
+            _mm256_add_epi32(q2[2], q2[3]),
+        ));
+        pack(q1, a.qs.as_mut_ptr());
+        pack(q2, b.qs.as_mut_ptr());
+        let qsum = RATIO * s1 + s2;
+        let d = d1 / RATIO as f32;
+        (a.d, a.s, a.qsum) = (d, d * qsum as f32, qsum);
+        (b.d, b.s, b.qsum) = (0.0, 0.0, 0);
     }
 }
 
@@ -583,7 +689,8 @@ fn tiled(path: Path, fmt: Format, ws: &[(&[u8], usize)], k: usize, x: &[f32]) ->
                         std::slice::from_raw_parts_mut(rows.0.add((2 * i + 1) * blocks), blocks),
                     )
                 };
-                quantize_pair(&x[i * k..(i + 1) * k], main, resid);
+                // SAFETY: `tiled` runs on the SIMD paths only, which have AVX2.
+                unsafe { quantize_pair_avx2(&x[i * k..(i + 1) * k], main, resid) };
                 if fmt == Format::Q6K {
                     // Q6_K's activations go in as the unsigned operand.
                     for b in main.iter_mut().chain(resid.iter_mut()) {
@@ -689,9 +796,9 @@ mod tests {
                     quantize_pair(xi, &mut main, &mut resid);
                     for (a, b) in main.iter().zip(&resid) {
                         for (qa, qb) in a.qs.iter().zip(&b.qs) {
-                            xh.push(a.d as f64 * *qa as f64 + b.d as f64 * *qb as f64);
+                            xh.push(a.d as f64 * (RATIO as f64 * *qa as f64 + *qb as f64));
                         }
-                        d2.push(b.d as f64);
+                        d2.push(a.d as f64);
                     }
                 }
                 for path in Path::available() {
@@ -735,21 +842,42 @@ mod tests {
         }
     }
 
-    /// The two terms carry ~15 bits: per block, |x − x̂| ≤ d₂/2 with
-    /// d₂ ≤ d₁/254 (+ rounding), so within 1/(127·254) of the block's max.
+    /// The two terms carry ~15 bits: per block, |x − x̂| ≤ d/2 (+ float
+    /// rounding) with d = max|x|/(127·254); the AVX2 quantizer is the
+    /// scalar one bit for bit, on ordinary, tiny, zero and huge blocks.
     #[test]
-    fn quantize_pair_keeps_fifteen_bits() {
-        let x = crate::ops::test_values(4096, 9);
+    fn quantize_pair_keeps_fifteen_bits_and_avx2_equals_scalar() {
+        let mut x = crate::ops::test_values(4096, 9);
+        x[64..96].iter_mut().for_each(|v| *v = 0.0);
+        x[96..128].iter_mut().for_each(|v| *v *= 1e-30);
+        x[128..160].iter_mut().for_each(|v| *v *= 3e30);
+        x[160] = 0.5;
         let (mut a, mut b) = (vec![BlockQ8::ZERO; 128], vec![BlockQ8::ZERO; 128]);
         quantize_pair(&x, &mut a, &mut b);
         for (j, xs) in x.chunks_exact(QK).enumerate() {
             let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
             for (e, &v) in xs.iter().enumerate() {
-                let xh = a[j].d * a[j].qs[e] as f32 + b[j].d * b[j].qs[e] as f32;
-                assert!(
-                    (v - xh).abs() <= amax / (127.0 * 254.0) * 1.01,
-                    "{v} vs {xh}"
-                );
+                let q = RATIO as f64 * a[j].qs[e] as f64 + b[j].qs[e] as f64;
+                let xh = a[j].d as f64 * q;
+                let bound = amax as f64 / (127.0 * 254.0) * 0.5 * 1.01;
+                assert!((v as f64 - xh).abs() <= bound, "block {j}: {v} vs {xh}");
+            }
+            let s1: i32 = a[j].qs.iter().map(|&q| q as i32).sum();
+            let s2: i32 = b[j].qs.iter().map(|&q| q as i32).sum();
+            assert_eq!(a[j].qsum, RATIO * s1 + s2);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") {
+            let (mut a2, mut b2) = (vec![BlockQ8::ZERO; 128], vec![BlockQ8::ZERO; 128]);
+            // SAFETY: the CPU has AVX2.
+            unsafe { quantize_pair_avx2(&x, &mut a2, &mut b2) };
+            for j in 0..128 {
+                for (p, q) in [(&a[j], &a2[j]), (&b[j], &b2[j])] {
+                    assert_eq!(p.qs, q.qs, "block {j}");
+                    assert_eq!(p.qsum, q.qsum, "block {j}");
+                    assert_eq!(p.d.to_bits(), q.d.to_bits(), "block {j}");
+                    assert_eq!(p.s.to_bits(), q.s.to_bits(), "block {j}");
+                }
             }
         }
     }
