@@ -487,9 +487,9 @@ pub(super) mod x86 {
     tile_entry!(tile_dot_avx2, false, "avx2,fma,f16c");
     tile_entry!(tile_dot_vnni, true, "avx2,fma,f16c,avx512vnni,avx512vl");
 
-    #[cfg(test)]
+    /// The sum of eight i32 lanes.
     #[inline(always)]
-    unsafe fn lanes_sum(v: __m256i) -> i32 {
+    pub(in crate::ops) unsafe fn lanes_sum(v: __m256i) -> i32 {
         let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
         let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
         let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));

@@ -1,0 +1,266 @@
+//! Prompt rows on the 32-element block types (Q4_0, Q4_1, Q5_0, Q5_1,
+//! Q8_0): a quantized GEMM that computes every prompt row exactly as a
+//! decode step would (`qdot`), reading each weight tile once for all rows.
+//!
+//! Per tile of eight weight rows, the blocks are unpacked once into a
+//! scratch buffer laid out for the SIMD units: for each block, eight
+//! vectors of 32 bytes, vector g holding quants 4g..4g+4 of rows 0..8 (one
+//! i32 lane per row). One `vpdpbusd` (VNNI) or `maddubs`+`madd` (AVX2) of
+//! such a vector with activation bytes 4g..4g+4 broadcast adds four
+//! products to each row's lane, so after eight of them lane r holds row
+//! r's exact integer block dot, with no horizontal sums. The tile is then
+//! run against the prompt's rows four at a time; the rows' `d`s scale the
+//! lanes as in `qdot`'s tile kernel.
+//!
+//! Same arithmetic as decode: the activations quantized by
+//! `qdot::quantize_row`, the same exact integer block dots and the same
+//! float operations in the same order, so a prompt row's outputs are bit
+//! for bit those of `qdot::matmul_many` on the same path (tested). It is
+//! not the exact f32 product on the dequantized weight (`ops::matmul`'s
+//! `Precision::Exact`, what `expert perplexity` uses): the activations are
+//! rounded to 8 bits per block, as llama.cpp also does for prompts.
+
+use super::kquant::QK_K;
+#[cfg(test)]
+use super::qdot::round_away;
+use super::qdot::{BlockQ8, Kind, Path, QK};
+use candle_core::quantized::GgmlDType;
+
+/// Weight rows per tile: one i32 lane each.
+const TILE: usize = 8;
+/// GEMM rows (two per prompt row) padded to a multiple of the widest pass.
+const GROUP: usize = 8;
+/// Quant bytes of one unpacked block of a tile.
+const TILE_BLOCK: usize = TILE * QK;
+
+/// The weight types this GEMM takes: `qdot`'s 32-element block kinds, and
+/// the two k-quants of llama.cpp's Q4_K_M files, unpacked per 32 elements.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Format {
+    Block(Kind),
+    /// Per 32 elements: unsigned nibbles, d·sc and −dmin·m (as Q4_1's d, m).
+    Q4K,
+    /// Per 32 elements: signed q − 32, and a scale per 16 elements.
+    Q6K,
+}
+
+impl Format {
+    pub fn of(t: GgmlDType) -> Option<Self> {
+        match t {
+            GgmlDType::Q4K => Some(Format::Q4K),
+            GgmlDType::Q6K => Some(Format::Q6K),
+            t => Kind::of(t).map(Format::Block),
+        }
+    }
+
+    /// Elements per stored block.
+    const fn block_len(self) -> usize {
+        match self {
+            Format::Block(_) => QK,
+            Format::Q4K | Format::Q6K => QK_K,
+        }
+    }
+
+    const fn block_bytes(self) -> usize {
+        match self {
+            Format::Block(kind) => kind.block_bytes(),
+            Format::Q4K => 144,
+            Format::Q6K => 210,
+        }
+    }
+
+    const fn code(self) -> u8 {
+        match self {
+            Format::Block(kind) => kind.code(),
+            Format::Q4K => 5,
+            Format::Q6K => 6,
+        }
+    }
+
+    const fn from_code(c: u8) -> Self {
+        match c {
+            5 => Format::Q4K,
+            6 => Format::Q6K,
+            c => Format::Block(Kind::from_code(c)),
+        }
+    }
+
+    /// Whether a 32-element block carries a minimum (value = q·d + m).
+    const fn has_min(self) -> bool {
+        match self {
+            Format::Block(kind) => kind.has_min(),
+            Format::Q4K => true,
+            Format::Q6K => false,
+        }
+    }
+}
+
+/// One unpacked tile, per 32-element block: the interleaved quants
+/// (unsigned for the 4/5-bit kinds and Q4_K; Q8_0's offset by 128 on VNNI,
+/// |w| on AVX2 with the signed weights kept in `signs`; Q6_K's signed), and
+/// the eight rows' `d`, second `d` (Q6_K's second 16 elements), `m`, and
+/// Q6_K's corrections 128·Σw per 16 elements (its activations are offset
+/// by 128 to go in unsigned).
+struct Tile {
+    quants: Vec<u8>,
+    signs: Vec<u8>,
+    d: Vec<f32>,
+    d2: Vec<f32>,
+    m: Vec<f32>,
+    corr: Vec<i32>,
+}
+
+impl Tile {
+    fn new(blocks: usize) -> Self {
+        Self {
+            quants: vec![0; blocks * TILE_BLOCK],
+            signs: vec![0; blocks * TILE_BLOCK],
+            d: vec![0.0; blocks * TILE],
+            d2: vec![0.0; blocks * TILE],
+            m: vec![0.0; blocks * TILE],
+            corr: vec![0; blocks * 2 * TILE],
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+/// Residual steps per main step: a block's activations are carried as
+/// d·(RATIO·q₁ + q₂), two 8-bit terms summed in integers.
+const RATIO: i32 = 254;
+
+/// Splits one row of activations (a multiple of 32) into two 8-bit rows
+/// whose combination carries about 15 bits: per 32-element block, q₁ = x
+/// rounded in steps of d₁ = max|x|/127, and q₂ = the remainder x − d₁·q₁
+/// rounded in steps of d₁/254 (it is at most d₁/2, so |q₂| ≤ 127); x ≈
+/// d·(254·q₁ + q₂) with d = d₁/254. `main` gets q₁ and, for the pair, d,
+/// Σ(254·q₁ + q₂) and s = d·that Σ (the minimum terms' factor); `resid`
+/// gets q₂ only. The scalar reference of `quantize_pair_avx2`.
+#[cfg(test)]
+fn quantize_pair(x: &[f32], main: &mut [BlockQ8], resid: &mut [BlockQ8]) {
+    for ((xs, a), b) in x.chunks_exact(QK).zip(main).zip(resid) {
+        let amax = xs.iter().fold(0f32, |a, &v| a.max(v.abs()));
+        let d1 = amax / 127.0;
+        let id1 = if d1 != 0.0 { 1.0 / d1 } else { 0.0 };
+        let id2 = RATIO as f32 * id1;
+        let (mut q1, mut q2) = ([0i8; QK], [0i8; QK]);
+        for ((&v, q1), q2) in xs.iter().zip(&mut q1).zip(&mut q2) {
+            let q = round_away(v * id1).clamp(-127, 127);
+            let r = v - d1 * q as f32;
+            *q1 = q as i8;
+            *q2 = round_away(r * id2).clamp(-127, 127) as i8;
+        }
+        let sum = |q: &[i8; QK]| q.iter().map(|&q| q as i32).sum::<i32>();
+        let qsum = RATIO * sum(&q1) + sum(&q2);
+        let d = d1 / RATIO as f32;
+        *a = BlockQ8 {
+            d,
+            s: d * qsum as f32,
+            qsum,
+            qs: q1,
+        };
+        *b = BlockQ8 {
+            d: 0.0,
+            s: 0.0,
+            qsum: 0,
+            qs: q2,
+        };
+    }
+}
+
+/// y = x·Wᵀ for several weights of one format that read the same `x`
+/// (m, k) f32 rows, each row as two 8-bit terms; returns each (m, n_i).
+/// None on the scalar path (the caller then computes in f32).
+pub fn matmul_many(
+    path: Path,
+    fmt: Format,
+    ws: &[(&[u8], usize)],
+    k: usize,
+    x: &[f32],
+) -> Option<Vec<Vec<f32>>> {
+    #[cfg(target_arch = "x86_64")]
+    if path != Path::Scalar {
+        return Some(tiled(path, fmt, ws, k, x));
+    }
+    let _ = (fmt, ws, k, x);
+    None
+}
+
+#[cfg(target_arch = "x86_64")]
+fn tiled(path: Path, fmt: Format, ws: &[(&[u8], usize)], k: usize, x: &[f32]) -> Vec<Vec<f32>> {
+    let blocks = k / QK;
+    let row_bytes = k / fmt.block_len() * fmt.block_bytes();
+    // Invariants of a loaded weight (GGUF and quantize-at-load check row
+    // lengths): every row holds whole blocks.
+    assert!(k.is_multiple_of(fmt.block_len()) && x.len().is_multiple_of(k));
+    assert!(ws.iter().all(|(w, n)| w.len() == n * row_bytes));
+    let m = x.len() / k;
+    // Every prompt row as two 8-bit rows (`quantize_pair`: row 2i its
+    // main term, 2i + 1 the residual), quantized once, spread over the
+    // pool; padded with zero rows to groups of 4.
+    let padded = (2 * m).div_ceil(GROUP) * GROUP;
+    let mut xq = vec![BlockQ8::ZERO; padded * blocks];
+    {
+        struct Rows(*mut BlockQ8);
+        // SAFETY: each row index goes to exactly one thread, and its two
+        // rows are disjoint `blocks`-long chunks of `xq`.
+        unsafe impl Sync for Rows {}
+        let rows = Rows(xq.as_mut_ptr());
+        super::pool::for_ranges(m, |range| {
+            let rows = &rows;
+            for i in range {
+                // SAFETY: 2i + 1 < 2m ≤ padded: both rows lie inside `xq`.
+                let (main, resid) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(rows.0.add(2 * i * blocks), blocks),
+                        std::slice::from_raw_parts_mut(rows.0.add((2 * i + 1) * blocks), blocks),
+                    )
+                };
+                // SAFETY: `tiled` runs on the SIMD paths only, which have AVX2.
+                unsafe { x86::quantize_pair_avx2(&x[i * k..(i + 1) * k], main, resid) };
+                if fmt == Format::Q6K {
+                    // Q6_K's activations go in as the unsigned operand.
+                    for b in main.iter_mut().chain(resid.iter_mut()) {
+                        b.qs.iter_mut().for_each(|q| *q ^= i8::MIN);
+                    }
+                }
+            }
+        });
+    }
+    let tiles: Vec<(usize, usize)> = ws
+        .iter()
+        .enumerate()
+        .flat_map(|(wi, &(_, n))| (0..n).step_by(TILE).map(move |r| (wi, r)))
+        .collect();
+    let mut ys: Vec<Vec<f32>> = ws.iter().map(|(_, n)| vec![0f32; m * n]).collect();
+    /// The outputs, written by the pool's workers at disjoint columns.
+    struct Out(Vec<*mut f32>);
+    // SAFETY: each tile writes only its own columns r..r+8 of its weight's
+    // output, and each tile index goes to exactly one thread.
+    unsafe impl Sync for Out {}
+    let out = Out(ys.iter_mut().map(|y| y.as_mut_ptr()).collect());
+    super::pool::for_ranges(tiles.len(), |range| {
+        let out = &out;
+        let mut t = Tile::new(blocks);
+        for &(wi, r) in &tiles[range] {
+            let (w, n) = ws[wi];
+            let rows = TILE.min(n - r);
+            let w = &w[r * row_bytes..(r + rows) * row_bytes];
+            // SAFETY: Avx2/Vnni are only chosen when the CPU has their
+            // features; the asserts above give whole blocks and rows; the
+            // tile writes only its own columns r..r+rows of output wi.
+            unsafe {
+                let y = out.0[wi].add(r);
+                match path {
+                    Path::Vnni => x86::tile_vnni(fmt, w, rows, row_bytes, &xq, &mut t, y, n, m),
+                    _ => x86::tile_avx2(fmt, w, rows, row_bytes, &xq, &mut t, y, n, m),
+                }
+            }
+        }
+    });
+    ys
+}
+
+#[cfg(test)]
+mod tests;
