@@ -1,15 +1,17 @@
 //! The matrix products of a projection: dense (our threaded GEMV for decode
-//! rows on f32, candle's GEMM otherwise) and quantized (our `qdot` kernels or
-//! candle's for decode rows, a float GEMM on the dequantized weight for
-//! prompts). Every projection of the model goes
-//! through [`crate::model::linear::Linear`], which calls these: this is the
-//! one place a faster kernel plugs in.
+//! rows; the `gemm` crate's f32 GEMM for prompts, bf16/f16 widened into a
+//! reused scratch) and quantized (our `qdot`/`kquant`/`vecdot` kernels for
+//! decode rows; for prompts, `qgemm` under `Precision::Int8x2` or an f32
+//! GEMM on the dequantized weight under `Precision::Exact`). Every
+//! projection of the model goes through [`crate::model::linear::Linear`],
+//! which calls these: this is the one place a faster kernel plugs in.
 
 use candle_core::quantized::{ggml_file, QTensor};
 use candle_core::{DType, Device, Tensor};
 
 /// Rows (tokens × batch) from which a quantized projection on the CPU is
-/// computed as a float GEMM on the dequantized weight.
+/// computed as a float GEMM on the dequantized weight under
+/// `Precision::Exact` (fewer rows run our integer kernels either way).
 ///
 /// candle's CPU quantized matmul runs one quantized dot product per row and
 /// weight row (re-reading the weights for every token) and first quantizes
@@ -27,9 +29,9 @@ const DEQUANT_CHUNK: usize = 1 << 24;
 /// A dense projection's forward pass: x (…, in) → (…, out), in x's dtype.
 ///
 /// On the CPU, decode rows use `ops::gemv` through [`matmul_many`]
-/// (threaded; f32, bf16 and f16 weights). A bf16/f16 weight is held as
-/// stored and computed in f32: for prompts it is widened in chunks of rows
-/// for an f32 GEMM. Everything else is candle's matmul.
+/// (threaded; f32, bf16 and f16 weights), prompt rows `dense_prompt` (an
+/// f32 GEMM; a bf16/f16 weight is held as stored and widened in chunks of
+/// rows). Other devices use candle's matmul.
 pub fn dense_forward(l: &candle_nn::Linear, x: &Tensor) -> candle_core::Result<Tensor> {
     use candle_core::Module;
     let w = l.weight();
