@@ -215,6 +215,16 @@ impl<S: WeightSource> WeightSource for QuantizingSource<S> {
         Weight::from_qtensor(self.quantized(name, shape)?, self.dtype)
     }
 
+    /// The embedding stays float, held as the unquantized model holds it
+    /// (bf16/f16 as stored on the CPU) and as the GGUF written from this
+    /// source holds it, so all three compute a tied lm_head alike.
+    fn embedding(&self, name: &str, shape: &[usize]) -> Result<Weight> {
+        match self.inner.embedding(name, shape)? {
+            Weight::Dense(t) => Weight::from_float(t.to_device(&self.device)?, self.dtype),
+            q => Ok(q),
+        }
+    }
+
     fn contains(&self, name: &str) -> bool {
         // A tied model's output projection is the float embedding (shared,
         // as in transformers); only a stored lm_head is quantized.

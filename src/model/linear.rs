@@ -142,7 +142,7 @@ impl Linear {
     /// `forward`, with prompt rows on a quantized weight computed as `p` says.
     pub fn forward_as(&self, x: &Tensor, p: Precision) -> Result<Tensor> {
         let y = match &self.weight {
-            LinearWeight::Dense(l) => crate::ops::matmul::dense_forward(l, x)?,
+            LinearWeight::Dense(l) => crate::ops::matmul::dense_forward(l, x, p)?,
             LinearWeight::Quantized(q) => {
                 // Quantized matmuls take f32 activations on CPU.
                 crate::ops::matmul::qmatmul_forward(q, x, p)?.to_dtype(x.dtype())?

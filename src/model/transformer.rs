@@ -168,7 +168,7 @@ impl Model {
 
     /// f32 logits of the last position only, (vocab,): prefill's and each
     /// decode step's output. Prompt rows on quantized weights are computed
-    /// as decode computes a token (`Precision::Int8x2`), the largest logits
+    /// as decode computes a token (`Precision::TwoTerm`), the largest logits
     /// exactly (`Linear::forward_refined`).
     pub fn forward_last(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
         self.forward_last_with(ids, cache, None)
@@ -181,7 +181,7 @@ impl Model {
         cache: &mut KvCache,
         lora: Option<&Lora>,
     ) -> Result<Tensor> {
-        let hidden = self.forward_hidden_with(ids, cache, lora, Precision::Int8x2)?;
+        let hidden = self.forward_hidden_with(ids, cache, lora, Precision::TwoTerm)?;
         let last = hidden.narrow(0, ids.len() - 1, 1)?;
         let logits = self.lm_head.forward_refined(&last)?.to_dtype(DType::F32)?;
         Ok(logits.squeeze(0)?)

@@ -1,7 +1,8 @@
 //! The matrix products of a projection: dense (our threaded GEMV for decode
-//! rows; the `gemm` crate's f32 GEMM for prompts, bf16/f16 widened into a
+//! rows; for prompts our `fgemm` on f32 and bf16 weights where the CPU has
+//! AVX-512, else the `gemm` crate's f32 GEMM, bf16/f16 widened into a
 //! reused scratch) and quantized (our `qdot`/`kquant`/`vecdot` kernels for
-//! decode rows; for prompts, `qgemm` under `Precision::Int8x2` or an f32
+//! decode rows; for prompts, `qgemm` under `Precision::TwoTerm` or an f32
 //! GEMM on the dequantized weight under `Precision::Exact`). Every
 //! projection of the model goes through [`crate::model::linear::Linear`],
 //! which calls these: this is the one place a faster kernel plugs in.
@@ -29,15 +30,19 @@ const DEQUANT_CHUNK: usize = 1 << 24;
 /// A dense projection's forward pass: x (…, in) → (…, out), in x's dtype.
 ///
 /// On the CPU, decode rows use `ops::gemv` through [`matmul_many`]
-/// (threaded; f32, bf16 and f16 weights), prompt rows `dense_prompt` (an
-/// f32 GEMM; a bf16/f16 weight is held as stored and widened in chunks of
-/// rows). Other devices use candle's matmul.
-pub fn dense_forward(l: &candle_nn::Linear, x: &Tensor) -> candle_core::Result<Tensor> {
+/// (threaded; f32, bf16 and f16 weights), prompt rows `dense_prompt` (a
+/// GEMM as `p` says; a bf16/f16 weight is held as stored). Other devices
+/// use candle's matmul.
+pub fn dense_forward(
+    l: &candle_nn::Linear,
+    x: &Tensor,
+    p: Precision,
+) -> candle_core::Result<Tensor> {
     use candle_core::Module;
     let w = l.weight();
-    let y = if let Some(mut ys) = matmul_many(&[WeightRef::Dense(w)], x, Precision::Exact)? {
+    let y = if let Some(mut ys) = matmul_many(&[WeightRef::Dense(w)], x, p)? {
         ys.pop().expect("one output per weight")
-    } else if let Some(y) = dense_prompt(w, x)? {
+    } else if let Some(y) = dense_prompt(w, x, p)? {
         y
     } else {
         return l.forward(x);
@@ -49,39 +54,48 @@ pub fn dense_forward(l: &candle_nn::Linear, x: &Tensor) -> candle_core::Result<T
     y.to_dtype(x.dtype())
 }
 
-/// How prompt rows (from `DEQUANT_MIN_ROWS` on) of a quantized weight are
-/// computed on the CPU. Dense weights are computed in f32 either way, and
-/// so is every row of a weight type `qgemm` does not cover.
+/// How prompt rows (from `DEQUANT_MIN_ROWS` on) of a quantized or bf16
+/// weight are computed on the CPU. f32 and f16 weights are computed in f32
+/// either way, and so is every row of a weight type no fast kernel covers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Precision {
-    /// The f32 product on the dequantized weight: exactly the dequantized
-    /// model, as transformers computes it. `expert perplexity` uses this.
+    /// The f32 product on the dequantized (or widened bf16) weight: exactly
+    /// the model transformers computes in float32. `expert perplexity`,
+    /// `Model::forward` and the router use this.
     Exact,
-    /// Each activation carried as two 8-bit terms (about 15 bits: a block's
-    /// 8-bit rounding and the rounding of its remainder), multiplied by the
-    /// quantized blocks in integer SIMD (`qgemm`) for the 32-element block
-    /// types, Q4_K and Q6_K. Within ~1e-5 of `Exact` (tested), where one
-    /// 8-bit term (llama.cpp's prompts, and our decode rows) moves
-    /// SmolLM2's logits by ~0.1 and flips its first answer token. What
-    /// generation's prefill uses: 2–3× faster than `Exact` on a prompt.
-    Int8x2,
+    /// Each activation carried as two terms, multiplied in a narrower type:
+    /// - quantized weights: two 8-bit terms (about 15 bits: a block's 8-bit
+    ///   rounding and the rounding of its remainder) in integer SIMD
+    ///   (`qgemm`) for the 32-element block types, Q4_K and Q6_K. Within
+    ///   ~1e-5 of `Exact` (tested), where one 8-bit term (llama.cpp's
+    ///   prompts, and our decode rows) moves SmolLM2's logits by ~0.1 and
+    ///   flips its first answer token. 2–3× faster than `Exact`.
+    /// - bf16 weights: two bf16 terms (about 16 bits) in `vdpbf16ps`
+    ///   (`fgemm`, AVX-512 BF16); faster than `Exact`'s widened f32.
+    ///
+    /// What generation's prefill uses.
+    TwoTerm,
 }
 
-/// Prompt rows on a float weight on the CPU: an f32 GEMM (the `gemm`
-/// crate candle uses, on rayon) on the weight as it is (f32), or widened
-/// in chunks of rows into a scratch buffer kept between calls (bf16, f16;
-/// widened on our pool). x (…, k) → (…, n) f32; None for other devices,
-/// dtypes or layouts.
-fn dense_prompt(w: &Tensor, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
-    dense_prompt_in_chunks(w, x, DEQUANT_CHUNK)
+/// Prompt rows on a float weight on the CPU: our `fgemm` (f32 and bf16
+/// weights on AVX-512), else an f32 GEMM (the `gemm` crate candle uses, on
+/// rayon) on the weight as it is (f32), or widened in chunks of rows into a
+/// scratch buffer kept between calls (bf16, f16; widened on our pool).
+/// x (…, k) → (…, n) f32; None for other devices, dtypes or layouts.
+fn dense_prompt(w: &Tensor, x: &Tensor, p: Precision) -> candle_core::Result<Option<Tensor>> {
+    dense_prompt_in_chunks(w, x, p, DEQUANT_CHUNK, super::fgemm::Path::detect())
 }
 
-/// `dense_prompt` with chunks of at most `chunk` elements (the tests' probe).
+/// `dense_prompt` on `ours` (`fgemm`'s kernels), else with the `gemm`
+/// crate in chunks of at most `chunk` elements (the tests' probes).
 fn dense_prompt_in_chunks(
     w: &Tensor,
     x: &Tensor,
+    p: Precision,
     chunk: usize,
+    ours: super::fgemm::Path,
 ) -> candle_core::Result<Option<Tensor>> {
+    use super::gemv::Rows;
     use candle_core::{CpuStorage, Storage};
     let (n, k) = w.dims2()?;
     if !x.device().is_cpu() || !w.device().is_cpu() {
@@ -90,6 +104,16 @@ fn dense_prompt_in_chunks(
     let x32 = x.to_dtype(DType::F32)?.contiguous()?;
     let xs: Vec<f32> = x32.flatten_all()?.to_vec1()?;
     let m = xs.len() / k.max(1);
+    let mut shape = x.dims().to_vec();
+    *shape.last_mut().expect("x has a last dimension") = n;
+    // bf16 in two terms only when `p` allows; exactly, it is widened below.
+    let direct = |rows: Rows| match rows {
+        Rows::Bf16(_) if p == Precision::Exact => None,
+        rows => super::fgemm::matmul(ours, rows, n, k, &xs),
+    };
+    if let Some(y) = dense_rows(w, direct) {
+        return Ok(Some(Tensor::from_vec(y, shape, &Device::Cpu)?));
+    }
     let (storage, layout) = w.storage_and_layout();
     let Some((a, b)) = layout.contiguous_offsets() else {
         return Ok(None);
@@ -98,6 +122,12 @@ fn dense_prompt_in_chunks(
     // Rows [start, start + len) of W (f32, len × k) into columns
     // start.. of y: y[:, start..start+len] = x · chunkᵀ.
     let gemm_into = |y: &mut [f32], chunk: &[f32], start: usize, len: usize| {
+        if let Some(part) = super::fgemm::matmul(ours, Rows::F32(chunk), len, k, &xs) {
+            for (dst, src) in y.chunks_mut(n).zip(part.chunks(len)) {
+                dst[start..start + len].copy_from_slice(src);
+            }
+            return;
+        }
         // SAFETY: the pointers cover m×k (x), len×k (chunk) and m×n (y)
         // with the strides given; y's columns start..start+len are inside.
         unsafe {
@@ -136,9 +166,21 @@ fn dense_prompt_in_chunks(
         }
         _ => return Ok(None),
     }
-    let mut shape = x.dims().to_vec();
-    *shape.last_mut().expect("x has a last dimension") = n;
     Ok(Some(Tensor::from_vec(y, shape, &Device::Cpu)?))
+}
+
+/// `f` on a contiguous CPU f32 or bf16 matrix's elements; None for other
+/// tensors or when `f` returns None.
+fn dense_rows<T>(w: &Tensor, f: impl FnOnce(super::gemv::Rows) -> Option<T>) -> Option<T> {
+    use super::gemv::Rows;
+    use candle_core::{CpuStorage, Storage};
+    let (storage, layout) = w.storage_and_layout();
+    let (a, b) = layout.contiguous_offsets()?;
+    match &*storage {
+        Storage::Cpu(CpuStorage::F32(d)) => f(Rows::F32(&d[a..b])),
+        Storage::Cpu(CpuStorage::BF16(d)) => f(Rows::Bf16(&d[a..b])),
+        _ => None,
+    }
 }
 
 /// Calls `f(chunk, start, len)` for chunks of at most `max` (whole rows,
@@ -202,7 +244,7 @@ pub enum WeightRef<'a> {
 /// kernels: the activations are prepared (quantized) once, and all the
 /// weights' rows run in one pool job. Decode rows (fewer than
 /// `DEQUANT_MIN_ROWS`) on dense weights and every quantized type; with
-/// `Precision::Int8x2`, prompt rows too on the types `qgemm` takes (the
+/// `Precision::TwoTerm`, prompt rows too on the types `qgemm` takes (the
 /// 32-element block types, Q4_K and Q6_K). x (…, k) → each (…, n_i) f32. None when the weights are not
 /// all of one kind these kernels handle for these rows: the caller then
 /// runs them one by one.
@@ -219,7 +261,7 @@ pub fn matmul_many(
         WeightRef::Quantized(q) => super::qgemm::Format::of(q.dtype()).is_some(),
         WeightRef::Dense(_) => false,
     };
-    let int8_prompt = p == Precision::Int8x2 && ws.iter().all(qgemm_kind);
+    let int8_prompt = p == Precision::TwoTerm && ws.iter().all(qgemm_kind);
     if ws.is_empty() || !x.device().is_cpu() || (rows >= DEQUANT_MIN_ROWS && !int8_prompt) {
         return Ok(None);
     }
@@ -276,7 +318,7 @@ pub fn matmul_many(
             }
             let refs: Vec<(&[u8], usize)> = parts.iter().map(|(d, n)| (&d[..], *n)).collect();
             // Several rows: the tiled GEMM where it takes the type (from
-            // `DEQUANT_MIN_ROWS` rows on only with `Int8x2`, checked above);
+            // `DEQUANT_MIN_ROWS` rows on only with `TwoTerm`, checked above);
             // decode rows: the row kernels (prefetching, no padding).
             let tiled = match super::qgemm::Format::of(t) {
                 Some(fmt) if rows > 1 => {
@@ -350,8 +392,8 @@ pub fn refine_top(w: &QTensor, x: &[f32], y: &mut [f32]) -> candle_core::Result<
     Ok(())
 }
 
-/// Prompt rows on a quantized weight: an f32 GEMM on the weight dequantized
-/// in chunks of rows.
+/// Prompt rows on a quantized weight: an f32 GEMM (`fgemm` on AVX-512,
+/// else candle's matmul) on the weight dequantized in chunks of rows.
 fn dequantized_matmul(w: &QTensor, x: &Tensor) -> candle_core::Result<Tensor> {
     let (n, k) = w.shape().dims2()?;
     if n * k <= DEQUANT_CHUNK {
@@ -384,10 +426,20 @@ fn chunked_matmul(
     } else {
         (DEQUANT_CHUNK / k).max(1)
     };
+    let ours = super::fgemm::Path::detect();
+    let xs: Vec<f32> = match ours {
+        super::fgemm::Path::None => Vec::new(),
+        _ => x2.flatten_all()?.to_vec1()?,
+    };
     let mut parts = Vec::with_capacity(n.div_ceil(chunk_rows));
     for start in (0..n).step_by(chunk_rows) {
         let len = chunk_rows.min(n - start);
-        parts.push(x2.matmul(&chunk(start, len)?.t()?)?);
+        let w = chunk(start, len)?;
+        let y = match dense_rows(&w, |rows| super::fgemm::matmul(ours, rows, len, k, &xs)) {
+            Some(y) => Tensor::from_vec(y, (rows, len), &Device::Cpu)?,
+            None => x2.matmul(&w.t()?)?,
+        };
+        parts.push(y);
     }
     let y = if parts.len() == 1 {
         parts.pop().unwrap()
@@ -485,7 +537,12 @@ mod tests {
             let refs: Vec<WeightRef> = ws.iter().map(WeightRef::Dense).collect();
             let many = matmul_many(&refs, &x, Precision::Exact).unwrap().unwrap();
             for (w, y) in ws.iter().zip(&many) {
-                let one = dense_forward(&candle_nn::Linear::new(w.clone(), None), &x).unwrap();
+                let one = dense_forward(
+                    &candle_nn::Linear::new(w.clone(), None),
+                    &x,
+                    Precision::Exact,
+                )
+                .unwrap();
                 assert_eq!(values(y), values(&one), "{dtype:?}");
                 assert_eq!(y.dims(), one.dims());
             }
@@ -534,14 +591,24 @@ mod tests {
             let want = values(&x.matmul(&wide.t().unwrap()).unwrap());
             let wv = values(&wide);
             let xv = values(&x);
-            for chunk in [DEQUANT_CHUNK, 3 * k] {
-                let got = values(&dense_prompt_in_chunks(&wd, &x, chunk).unwrap().unwrap());
+            // Ours where this CPU has it, and the `gemm` crate whole and in chunks.
+            let ours = crate::ops::fgemm::Path::detect();
+            let none = crate::ops::fgemm::Path::None;
+            for (chunk, path, p) in [
+                (DEQUANT_CHUNK, ours, Precision::TwoTerm),
+                (DEQUANT_CHUNK, ours, Precision::Exact),
+                (3 * k, ours, Precision::Exact),
+                (DEQUANT_CHUNK, none, Precision::Exact),
+                (3 * k, none, Precision::Exact),
+            ] {
+                let got = dense_prompt_in_chunks(&wd, &x, p, chunk, path);
+                let got = values(&got.unwrap().unwrap());
                 for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                     let (r, c) = (i / n, i % n);
                     let mag: f32 = (0..k).map(|j| (wv[c * k + j] * xv[r * k + j]).abs()).sum();
                     assert!(
                         (a - b).abs() <= 1e-5 * mag,
-                        "{dtype:?} chunk {chunk} [{i}]: {a} vs {b}"
+                        "{dtype:?} chunk {chunk} {path:?} {p:?} [{i}]: {a} vs {b}"
                     );
                 }
             }

@@ -1,0 +1,154 @@
+//! `fgemm` against scalar references in f64: the f32 product, and for bf16
+//! the product with the activations split into two bf16 terms by `half`.
+
+use super::*;
+use crate::ops::test_values;
+use half::bf16;
+
+/// The scalar split: hi = bf16(x), lo = bf16(x − hi), as f32.
+fn split_scalar(v: f32) -> (f32, f32) {
+    let hi = bf16::from_f32(v);
+    let lo = bf16::from_f32(v - hi.to_f32());
+    (hi.to_f32(), lo.to_f32())
+}
+
+/// (y, Σ|w·x|) in f64 for x (m, k), w (n, k).
+fn reference(x: &[f32], w: &[f32], n: usize, k: usize) -> (Vec<f64>, Vec<f64>) {
+    let m = x.len() / k;
+    let mut y = vec![0f64; m * n];
+    let mut mag = vec![0f64; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            for t in 0..k {
+                let p = x[i * k + t] as f64 * w[j * k + t] as f64;
+                y[i * n + j] += p;
+                mag[i * n + j] += p.abs();
+            }
+        }
+    }
+    (y, mag)
+}
+
+fn check(what: &str, got: &[f32], want: &[f64], mag: &[f64], tol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (e, ((&g, &r), &s)) in got.iter().zip(want).zip(mag).enumerate() {
+        assert!(
+            (g as f64 - r).abs() <= tol * s + 1e-30,
+            "{what}: element {e}: {g} against {r} (Σ|w·x| = {s})"
+        );
+    }
+}
+
+/// Shapes with partial tiles at both ends, k not a multiple of the vector
+/// width, and the widths of Qwen3-0.6B and SmolLM2.
+const SHAPES: [(usize, usize, usize); 6] = [
+    (1, 5, 37),
+    (3, 7, 576),
+    (16, 9, 1024),
+    (5, 13, 3072),
+    (128, 6, 1024),
+    (17, 576, 64),
+];
+
+#[test]
+fn f32_weights_equal_the_f64_product_on_every_path() {
+    let paths = Path::detect().and_narrower();
+    if paths.is_empty() {
+        eprintln!("no AVX-512 on this CPU: fgemm has no path to test");
+        assert!(matmul(Path::None, Rows::F32(&[1.0]), 1, 1, &[1.0]).is_none());
+    }
+    for path in paths {
+        for (m, n, k) in SHAPES {
+            let x = test_values(m * k, 1 + k as u64);
+            let w = test_values(n * k, 7 + n as u64);
+            let got = matmul(path, Rows::F32(&w), n, k, &x).expect("f32 on this path");
+            let (want, mag) = reference(&x, &w, n, k);
+            check(
+                &format!("{path:?} f32 {m}×{n}×{k}"),
+                &got,
+                &want,
+                &mag,
+                1e-6,
+            );
+        }
+    }
+}
+
+#[test]
+fn bf16_weights_equal_the_two_term_product_and_nearly_the_f32_one() {
+    let path = Path::detect();
+    if path != Path::Avx512Bf16 {
+        eprintln!("no AVX-512 BF16 on this CPU: the bf16 kernel is not tested here");
+        assert!(matmul(path, Rows::Bf16(&[bf16::ONE]), 1, 1, &[1.0]).is_none());
+        return;
+    }
+    for (m, n, k) in SHAPES {
+        // Activations over several orders of magnitude, as hidden states are.
+        let x: Vec<f32> = test_values(m * k, 3 + k as u64)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v * [1.0, 37.5, 0.01, 1e-3][i % 4])
+            .collect();
+        let wb: Vec<bf16> = test_values(n * k, 11 + n as u64)
+            .iter()
+            .map(|&v| bf16::from_f32(v))
+            .collect();
+        let w: Vec<f32> = wb.iter().map(|v| v.to_f32()).collect();
+        let got = matmul(path, Rows::Bf16(&wb), n, k, &x).expect("bf16 on AVX-512 BF16");
+        // The scalar reference: the same two terms, summed in f64.
+        let split: Vec<f32> = x
+            .iter()
+            .map(|&v| {
+                let (h, l) = split_scalar(v);
+                h + l
+            })
+            .collect();
+        let (want, mag) = reference(&split, &w, n, k);
+        check(
+            &format!("bf16 two-term {m}×{n}×{k}"),
+            &got,
+            &want,
+            &mag,
+            1e-6,
+        );
+        // And the f32 activations themselves: the split keeps ~16 bits.
+        let (exact, mag) = reference(&x, &w, n, k);
+        check(
+            &format!("bf16 vs f32 x {m}×{n}×{k}"),
+            &got,
+            &exact,
+            &mag,
+            2e-5,
+        );
+    }
+}
+
+#[test]
+fn the_simd_split_equals_halfs_rounding() {
+    if Path::detect() != Path::Avx512Bf16 {
+        return;
+    }
+    let mut x = test_values(1000, 5);
+    x.extend([
+        0.0,
+        -0.0,
+        1.0,
+        -1.0,
+        3.0e38,
+        1e-30,
+        65504.0,
+        1.0 + 1.0 / 256.0,
+    ]);
+    let mut s = SplitBf16 {
+        hi: vec![7; 3],
+        lo: Vec::new(),
+    };
+    // SAFETY: the path says AVX-512 BF16 is present.
+    unsafe { x86::split_bf16(&x, &mut s) };
+    assert_eq!((s.hi.len(), s.lo.len()), (x.len(), x.len()));
+    for (i, &v) in x.iter().enumerate() {
+        let (h, l) = split_scalar(v);
+        assert_eq!(bf16::from_bits(s.hi[i]).to_f32(), h, "hi of {v}");
+        assert_eq!(bf16::from_bits(s.lo[i]).to_f32(), l, "lo of {v}");
+    }
+}

@@ -1,0 +1,145 @@
+//! The AVX-512 tiles of `fgemm` and the bf16 activation split.
+
+use super::{SplitBf16, RM, RN};
+use std::arch::x86_64::*;
+
+/// The rows `r0..r0+N` clamped to `len − 1`: a tile past the end repeats
+/// the last row (its results are not stored).
+#[inline(always)]
+fn rows<const N: usize>(r0: usize, len: usize) -> [usize; N] {
+    std::array::from_fn(|i| (r0 + i).min(len - 1))
+}
+
+/// Sums each accumulator's 16 lanes into `out`.
+#[inline(always)]
+unsafe fn store_sums(acc: &[[__m512; RN]; RM], out: &mut [[f32; RN]; RM]) {
+    for (a, o) in acc.iter().zip(out.iter_mut()) {
+        for (v, s) in a.iter().zip(o.iter_mut()) {
+            *s = _mm512_reduce_add_ps(*v);
+        }
+    }
+}
+
+/// out[i][j] = x row (r0+i) · w row (c0+j), f32 weights (x is (m, k), w
+/// is (n, k)).
+///
+/// # Safety
+/// AVX-512F must be present; r0 < m, c0 < n, x.len() ≥ m·k, w.len() ≥ n·k.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn tile_f32(
+    x: &[f32],
+    w: &[f32],
+    k: usize,
+    r0: usize,
+    c0: usize,
+    m: usize,
+    n: usize,
+    out: &mut [[f32; RN]; RM],
+) {
+    let xp: [*const f32; RM] = rows::<RM>(r0, m).map(|r| x.as_ptr().add(r * k));
+    let wp: [*const f32; RN] = rows::<RN>(c0, n).map(|r| w.as_ptr().add(r * k));
+    let mut acc = [[_mm512_setzero_ps(); RN]; RM];
+    let full = k / 16 * 16;
+    let mut step = |at: usize, mask: __mmask16| {
+        let wv: [__m512; RN] = std::array::from_fn(|j| _mm512_maskz_loadu_ps(mask, wp[j].add(at)));
+        for i in 0..RM {
+            let a = _mm512_maskz_loadu_ps(mask, xp[i].add(at));
+            for j in 0..RN {
+                acc[i][j] = _mm512_fmadd_ps(a, wv[j], acc[i][j]);
+            }
+        }
+    };
+    let mut at = 0;
+    while at < full {
+        step(at, 0xffff);
+        at += 16;
+    }
+    if full < k {
+        step(full, (1u32 << (k - full)) as u16 - 1);
+    }
+    store_sums(&acc, out);
+}
+
+/// out[i][j] = x row (r0+i) · w row (c0+j), bf16 weights (bits), x as its
+/// two bf16 terms (each (m, k)).
+///
+/// # Safety
+/// AVX-512F and AVX-512 BF16 must be present; r0 < m, c0 < n,
+/// x.hi/x.lo hold m·k and w n·k elements.
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn tile_bf16(
+    x: &SplitBf16,
+    w: &[u16],
+    k: usize,
+    r0: usize,
+    c0: usize,
+    m: usize,
+    n: usize,
+    out: &mut [[f32; RN]; RM],
+) {
+    let rs = rows::<RM>(r0, m);
+    let hp: [*const u16; RM] = rs.map(|r| x.hi.as_ptr().add(r * k));
+    let lp: [*const u16; RM] = rs.map(|r| x.lo.as_ptr().add(r * k));
+    let wp: [*const u16; RN] = rows::<RN>(c0, n).map(|r| w.as_ptr().add(r * k));
+    let mut acc = [[_mm512_setzero_ps(); RN]; RM];
+    let full = k / 32 * 32;
+    let load = |p: *const u16, mask: __mmask32| -> __m512bh {
+        // Masked-off elements load as +0.0, adding nothing.
+        std::mem::transmute(_mm512_maskz_loadu_epi16(mask, p as *const i16))
+    };
+    let mut step = |at: usize, mask: __mmask32| {
+        let wv: [__m512bh; RN] = std::array::from_fn(|j| load(wp[j].add(at), mask));
+        for i in 0..RM {
+            let h = load(hp[i].add(at), mask);
+            let l = load(lp[i].add(at), mask);
+            for j in 0..RN {
+                acc[i][j] = _mm512_dpbf16_ps(acc[i][j], h, wv[j]);
+                acc[i][j] = _mm512_dpbf16_ps(acc[i][j], l, wv[j]);
+            }
+        }
+    };
+    let mut at = 0;
+    while at < full {
+        step(at, u32::MAX);
+        at += 32;
+    }
+    if full < k {
+        step(full, (1u64 << (k - full)) as u32 - 1);
+    }
+    store_sums(&acc, out);
+}
+
+/// Splits f32 activations into two bf16 terms, hi = bf16(x) and
+/// lo = bf16(x − hi), both rounded to nearest even (denormals flushed to
+/// zero, as `vdpbf16ps` also treats them), into `s` (resized to x's length).
+///
+/// # Safety
+/// AVX-512F, BW, VL and BF16 must be present.
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
+pub unsafe fn split_bf16(x: &[f32], s: &mut SplitBf16) {
+    s.hi.resize(x.len(), 0);
+    s.lo.resize(x.len(), 0);
+    let (hi, lo) = (s.hi.as_mut_ptr() as *mut i16, s.lo.as_mut_ptr() as *mut i16);
+    let full = x.len() / 16 * 16;
+    let split = |at: usize, mask: __mmask16| {
+        let v = _mm512_maskz_loadu_ps(mask, x.as_ptr().add(at));
+        let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
+        let hw = _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h));
+        let l: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(_mm512_sub_ps(
+            v,
+            _mm512_castsi512_ps(hw),
+        )));
+        _mm256_mask_storeu_epi16(hi.add(at), mask, h);
+        _mm256_mask_storeu_epi16(lo.add(at), mask, l);
+    };
+    let mut at = 0;
+    while at < full {
+        split(at, 0xffff);
+        at += 16;
+    }
+    if full < x.len() {
+        split(full, (1u32 << (x.len() - full)) as u16 - 1);
+    }
+}
