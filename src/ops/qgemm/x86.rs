@@ -7,6 +7,14 @@ use crate::ops::qdot::x86::{lanes_sum, weights};
 use half::f16;
 use std::arch::x86_64::*;
 
+/// Requests `bytes` into L2, one cache line at a time.
+pub fn prefetch(bytes: &[u8]) {
+    for line in bytes.chunks(64) {
+        // SAFETY: a prefetch never faults; the address is inside `bytes`.
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(line.as_ptr() as *const i8) };
+    }
+}
+
 fn f16_at(p: *const u8) -> f32 {
     // SAFETY (callers): p points at two bytes of a weight block.
     f16::from_bits(unsafe { (p as *const u16).read_unaligned() }).to_f32()
