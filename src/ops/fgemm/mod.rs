@@ -3,14 +3,15 @@
 //!
 //! Dot-product form: W's rows and x's rows are both contiguous along k, so a
 //! tile of `RM` prompt rows × `RN` weight rows keeps `RM·RN` vector
-//! accumulators and, per step along k, loads `RM + RN` vectors for `RM·RN`
-//! fused multiply-adds; each accumulator's lanes are summed once at the end.
+//! accumulators and, per step along k, holds its `RM` activation vectors in
+//! registers and loads the `RN` weight vectors one at a time, for `RM·RN`
+//! multiply-adds; each accumulator's lanes are summed once at the end.
 //! Each thread takes a range of weight tiles and runs them against the
 //! prompt's rows in chunks small enough to stay in L2, so W is read from
 //! memory once per chunk of rows and never copied or widened.
 //!
-//! - f32 weights (AVX-512F): `vfmadd231ps`, 16 products per instruction.
-//!   The same tiles on AVX2 (3 × 3 of 8 lanes, for 16 registers) measured
+//! - f32 weights (AVX-512F): `vfmadd231ps`, 16 products per instruction,
+//!   4 × 4 tiles (4 × 6, 5 × 5 and 3 × 8 measured slower). Tiles on AVX2 (3 × 3 of 8 lanes, for 16 registers) measured
 //!   level with the `gemm` crate and were not kept.
 //! - bf16 weights (AVX-512 BF16): `vdpbf16ps` multiplies pairs of bf16 and
 //!   adds them in f32. Each activation is carried as two bf16 terms,
@@ -18,10 +19,13 @@
 //!   significant bits: every product w·hi and w·lo is exact in f32, so the
 //!   result is the f32 product on the widened weight up to x's rounding
 //!   (≤ 2⁻¹⁷ relative) and the summation order. llama.cpp rounds the
-//!   activations to one bf16 (8 bits), twice as fast and ~2⁻⁹ off.
+//!   activations to one bf16 (8 bits), twice as fast and ~2⁻⁹ off. 3 × 7
+//!   tiles (21 accumulators, 6 activation vectors): ~10 % above 4 × 4 with
+//!   the weights held instead (3 × 8, 4 × 5 and 2 × 10 measured level or
+//!   slower).
 //!
-//! Other CPUs, bf16 weights without AVX-512 BF16, and f16 weights return None: the caller keeps the `gemm`
-//! crate's f32 GEMM (`ops::matmul`).
+//! Other CPUs, bf16 weights without AVX-512 BF16, and f16 weights return
+//! None: the caller keeps the `gemm` crate's f32 GEMM (`ops::matmul`).
 
 #[cfg(test)]
 mod tests;
@@ -31,10 +35,14 @@ mod x86;
 use super::gemv::Rows;
 use super::pool;
 
-/// Prompt rows × weight rows per tile (32 vector registers: 16
-/// accumulators, the tile's 4 weight vectors and the activations).
+/// Prompt rows × weight rows per f32 tile (of 32 vector registers: 16
+/// accumulators, 4 activation vectors, a weight vector).
 const RM: usize = 4;
 const RN: usize = 4;
+/// Prompt rows × weight rows per bf16 tile (21 accumulators, 3 × 2
+/// activation vectors, a weight vector).
+const RM16: usize = 3;
+const RN16: usize = 7;
 /// Bytes of activations one chunk of prompt rows may take (kept in L2).
 const CHUNK_BYTES: usize = 256 << 10;
 
@@ -116,7 +124,7 @@ pub fn matmul(path: Path, w: Rows, n: usize, k: usize, x: &[f32]) -> Option<Vec<
                 // SAFETY: AVX-512 BF16 is present (the path).
                 unsafe { x86::split_bf16(x, s) };
                 let s = &*s;
-                tiles::<RM, RN>(&mut y, m, n, k, 4, |r0, c0, out| {
+                tiles::<RM16, RN16>(&mut y, m, n, k, 4, |r0, c0, out| {
                     // SAFETY: as above, with AVX-512 BF16.
                     unsafe { x86::tile_bf16(s, w, k, r0, c0, m, n, out) }
                 })

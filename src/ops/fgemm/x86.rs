@@ -1,6 +1,6 @@
 //! The AVX-512 tiles of `fgemm` and the bf16 activation split.
 
-use super::{SplitBf16, RM, RN};
+use super::{SplitBf16, RM, RM16, RN, RN16};
 use std::arch::x86_64::*;
 
 /// The rows `r0..r0+N` clamped to `len − 1`: a tile past the end repeats
@@ -12,7 +12,10 @@ fn rows<const N: usize>(r0: usize, len: usize) -> [usize; N] {
 
 /// Sums each accumulator's 16 lanes into `out`.
 #[inline(always)]
-unsafe fn store_sums(acc: &[[__m512; RN]; RM], out: &mut [[f32; RN]; RM]) {
+unsafe fn store_sums<const TM: usize, const TN: usize>(
+    acc: &[[__m512; TN]; TM],
+    out: &mut [[f32; TN]; TM],
+) {
     for (a, o) in acc.iter().zip(out.iter_mut()) {
         for (v, s) in a.iter().zip(o.iter_mut()) {
             *s = _mm512_reduce_add_ps(*v);
@@ -41,12 +44,14 @@ pub unsafe fn tile_f32(
     let wp: [*const f32; RN] = rows::<RN>(c0, n).map(|r| w.as_ptr().add(r * k));
     let mut acc = [[_mm512_setzero_ps(); RN]; RM];
     let full = k / 16 * 16;
+    // The activations stay in registers and the weight rows are loaded one
+    // at a time: RM·RN accumulators + RM activations + 1 weight.
     let mut step = |at: usize, mask: __mmask16| {
-        let wv: [__m512; RN] = std::array::from_fn(|j| _mm512_maskz_loadu_ps(mask, wp[j].add(at)));
-        for i in 0..RM {
-            let a = _mm512_maskz_loadu_ps(mask, xp[i].add(at));
-            for j in 0..RN {
-                acc[i][j] = _mm512_fmadd_ps(a, wv[j], acc[i][j]);
+        let a: [__m512; RM] = std::array::from_fn(|i| _mm512_maskz_loadu_ps(mask, xp[i].add(at)));
+        for j in 0..RN {
+            let wv = _mm512_maskz_loadu_ps(mask, wp[j].add(at));
+            for i in 0..RM {
+                acc[i][j] = _mm512_fmadd_ps(a[i], wv, acc[i][j]);
             }
         }
     };
@@ -77,26 +82,28 @@ pub unsafe fn tile_bf16(
     c0: usize,
     m: usize,
     n: usize,
-    out: &mut [[f32; RN]; RM],
+    out: &mut [[f32; RN16]; RM16],
 ) {
-    let rs = rows::<RM>(r0, m);
-    let hp: [*const u16; RM] = rs.map(|r| x.hi.as_ptr().add(r * k));
-    let lp: [*const u16; RM] = rs.map(|r| x.lo.as_ptr().add(r * k));
-    let wp: [*const u16; RN] = rows::<RN>(c0, n).map(|r| w.as_ptr().add(r * k));
-    let mut acc = [[_mm512_setzero_ps(); RN]; RM];
+    let rs = rows::<RM16>(r0, m);
+    let hp: [*const u16; RM16] = rs.map(|r| x.hi.as_ptr().add(r * k));
+    let lp: [*const u16; RM16] = rs.map(|r| x.lo.as_ptr().add(r * k));
+    let wp: [*const u16; RN16] = rows::<RN16>(c0, n).map(|r| w.as_ptr().add(r * k));
+    let mut acc = [[_mm512_setzero_ps(); RN16]; RM16];
     let full = k / 32 * 32;
     let load = |p: *const u16, mask: __mmask32| -> __m512bh {
         // Masked-off elements load as +0.0, adding nothing.
         std::mem::transmute(_mm512_maskz_loadu_epi16(mask, p as *const i16))
     };
+    // The activations stay in registers and the weight rows are loaded one
+    // at a time: RM16·RN16 accumulators + 2·RM16 activations + 1 weight.
     let mut step = |at: usize, mask: __mmask32| {
-        let wv: [__m512bh; RN] = std::array::from_fn(|j| load(wp[j].add(at), mask));
-        for i in 0..RM {
-            let h = load(hp[i].add(at), mask);
-            let l = load(lp[i].add(at), mask);
-            for j in 0..RN {
-                acc[i][j] = _mm512_dpbf16_ps(acc[i][j], h, wv[j]);
-                acc[i][j] = _mm512_dpbf16_ps(acc[i][j], l, wv[j]);
+        let h: [__m512bh; RM16] = std::array::from_fn(|i| load(hp[i].add(at), mask));
+        let l: [__m512bh; RM16] = std::array::from_fn(|i| load(lp[i].add(at), mask));
+        for j in 0..RN16 {
+            let wv = load(wp[j].add(at), mask);
+            for i in 0..RM16 {
+                acc[i][j] = _mm512_dpbf16_ps(acc[i][j], h[i], wv);
+                acc[i][j] = _mm512_dpbf16_ps(acc[i][j], l[i], wv);
             }
         }
     };
