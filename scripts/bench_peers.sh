@@ -13,7 +13,7 @@
 #   - a Python venv with torch, transformers and llama.cpp's gguf-py;
 #   - a random-weight checkpoint of the exact Qwen3-0.6B shape (bf16,
 #     scripts/make_bench_model.py) and its GGUFs made by llama.cpp's own
-#     converter (f32, bf16) and quantizer (q8_0, q4_0, q4_k_m);
+#     converter (f32, f16, bf16) and quantizer (q8_0, q4_0, q4_k_m);
 #   - SmolLM2-135M-Instruct Q4_1 (scripts/fetch_test_model.sh).
 # It measures the machine's read bandwidth (a 2 GiB array summed by every
 # thread), then runs `expert bench` and `llama-bench` back to back per row,
@@ -63,7 +63,7 @@ fi
 # 3. The models.
 M=$D/qwen3-0.6b-random
 [ -f "$M/model.safetensors" ] || { log "making $M"; "$PY" scripts/make_bench_model.py --out "$M" >/dev/null; }
-for t in f32 bf16; do
+for t in f32 f16 bf16; do
   [ -f "$D/qwen3-0.6b-$t.gguf" ] || { log "converting to $t"; "$PY" "$L/convert_hf_to_gguf.py" "$M" --outtype "$t" --outfile "$D/qwen3-0.6b-$t.gguf" >/dev/null 2>&1; }
 done
 for q in q8_0 q4_0 q4_k_m; do
@@ -112,6 +112,7 @@ log "read bandwidth $GBS GB/s with $T threads"
 # 6. The rows: label | expert's model | expert's flags | llama.cpp's file.
 rows=(
   "f32|$D/qwen3-0.6b-f32.gguf||$D/qwen3-0.6b-f32.gguf"
+  "f16|$D/qwen3-0.6b-f16.gguf||$D/qwen3-0.6b-f16.gguf"
   "bf16|$D/qwen3-0.6b-bf16.gguf||$D/qwen3-0.6b-bf16.gguf"
   "bf16 checkpoint (safetensors)|$M||$D/qwen3-0.6b-bf16.gguf"
   "q8_0|$D/qwen3-0.6b-q8_0.gguf||$D/qwen3-0.6b-q8_0.gguf"
@@ -191,7 +192,7 @@ with `-DGGML_NATIVE=ON`) on the same file with the same threads.
 - threads: {threads}; prompt {p} tokens (prefill, tok/s), decode {n} tokens (tok/s); mean ± standard deviation of {r} repetitions after a warm-up
 - read bandwidth: {gbs:.1f} GB/s (2 GiB summed by {threads} threads); ceiling = bandwidth ÷ weight bytes read per decoded token
 - the Qwen3 rows are a random-weight checkpoint of the exact Qwen3-0.6B shape (`scripts/make_bench_model.py`), its GGUFs made by
-  llama.cpp's `convert_hf_to_gguf.py` (f32, bf16) and `llama-quantize` (q8_0, q4_0, q4_k_m); the safetensors row runs expert on the
+  llama.cpp's `convert_hf_to_gguf.py` (f32, f16, bf16) and `llama-quantize` (q8_0, q4_0, q4_k_m); the safetensors row runs expert on the
   checkpoint itself against llama.cpp on the bf16 GGUF.
 
 | model | expert holds | llama.cpp prefill | llama.cpp decode | expert prefill | expert decode | expert ÷ llama.cpp (prefill / decode) | bytes/token → ceiling tok/s | decode ÷ ceiling (expert / llama.cpp) | expert load, peak RSS |

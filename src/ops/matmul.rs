@@ -169,7 +169,7 @@ fn dense_prompt_in_chunks(
     Ok(Some(Tensor::from_vec(y, shape, &Device::Cpu)?))
 }
 
-/// `f` on a contiguous CPU f32 or bf16 matrix's elements; None for other
+/// `f` on a contiguous CPU f32, bf16 or f16 matrix's elements; None for other
 /// tensors or when `f` returns None.
 fn dense_rows<T>(w: &Tensor, f: impl FnOnce(super::gemv::Rows) -> Option<T>) -> Option<T> {
     use super::gemv::Rows;
@@ -179,6 +179,7 @@ fn dense_rows<T>(w: &Tensor, f: impl FnOnce(super::gemv::Rows) -> Option<T>) -> 
     match &*storage {
         Storage::Cpu(CpuStorage::F32(d)) => f(Rows::F32(&d[a..b])),
         Storage::Cpu(CpuStorage::BF16(d)) => f(Rows::Bf16(&d[a..b])),
+        Storage::Cpu(CpuStorage::F16(d)) => f(Rows::F16(&d[a..b])),
         _ => None,
     }
 }

@@ -10,7 +10,8 @@
 //! prompt's rows in chunks small enough to stay in L2, so W is read from
 //! memory once per chunk of rows and never copied or widened.
 //!
-//! - f32 weights (AVX-512F): `vfmadd231ps`, 16 products per instruction,
+//! - f32 and f16 weights (AVX-512F, BW, VL; f16 widened exactly by
+//!   `vcvtph2ps` as loaded): `vfmadd231ps`, 16 products per instruction,
 //!   4 × 4 tiles (4 × 6, 5 × 5 and 3 × 8 measured slower). Tiles on AVX2 (3 × 3 of 8 lanes, for 16 registers) measured
 //!   level with the `gemm` crate and were not kept.
 //! - bf16 weights (AVX-512 BF16): `vdpbf16ps` multiplies pairs of bf16 and
@@ -24,8 +25,8 @@
 //!   the weights held instead (3 × 8, 4 × 5 and 2 × 10 measured level or
 //!   slower).
 //!
-//! Other CPUs, bf16 weights without AVX-512 BF16, and f16 weights return
-//! None: the caller keeps the `gemm` crate's f32 GEMM (`ops::matmul`).
+//! Other CPUs, and bf16 weights without AVX-512 BF16, return None: the
+//! caller keeps the `gemm` crate's f32 GEMM (`ops::matmul`).
 
 #[cfg(test)]
 mod tests;
@@ -51,10 +52,10 @@ const CHUNK_BYTES: usize = 256 << 10;
 pub enum Path {
     /// No kernel here: the caller's f32 GEMM.
     None,
-    /// AVX-512F: f32 weights.
+    /// AVX-512F, BW and VL: f32 and f16 weights.
     #[cfg(target_arch = "x86_64")]
     Avx512,
-    /// AVX-512F, BW, VL and BF16: f32 and bf16 weights.
+    /// AVX-512F, BW, VL and BF16: f32, f16 and bf16 weights.
     #[cfg(target_arch = "x86_64")]
     Avx512Bf16,
 }
@@ -62,11 +63,11 @@ pub enum Path {
 impl Path {
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx512f") {
-            return if is_x86_feature_detected!("avx512bf16")
-                && is_x86_feature_detected!("avx512bw")
-                && is_x86_feature_detected!("avx512vl")
-            {
+        if is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+        {
+            return if is_x86_feature_detected!("avx512bf16") {
                 Path::Avx512Bf16
             } else {
                 Path::Avx512
@@ -106,9 +107,19 @@ pub fn matmul(path: Path, w: Rows, n: usize, k: usize, x: &[f32]) -> Option<Vec<
         #[cfg(target_arch = "x86_64")]
         (Path::Avx512 | Path::Avx512Bf16, Rows::F32(w)) => {
             tiles::<RM, RN>(&mut y, m, n, k, 4, |r0, c0, out| {
-                // SAFETY: AVX-512F is present (the path); the row indices
+                // SAFETY: AVX-512F, BW and VL are present (the path); the row indices
                 // are < m and < n, so every row lies inside x and w.
                 unsafe { x86::tile_f32(x, w, k, r0, c0, m, n, out) }
+            })
+        }
+        #[cfg(target_arch = "x86_64")]
+        (Path::Avx512 | Path::Avx512Bf16, Rows::F16(w)) => {
+            // SAFETY: f16 is a transparent u16.
+            let w = unsafe { std::slice::from_raw_parts(w.as_ptr() as *const u16, w.len()) };
+            tiles::<RM, RN>(&mut y, m, n, k, 2, |r0, c0, out| {
+                // SAFETY: AVX-512F, BW and VL are present (the path); rows
+                // as above.
+                unsafe { x86::tile_f16(x, w, k, r0, c0, m, n, out) }
             })
         }
         #[cfg(target_arch = "x86_64")]

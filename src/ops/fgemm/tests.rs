@@ -51,7 +51,7 @@ const SHAPES: [(usize, usize, usize); 6] = [
 ];
 
 #[test]
-fn f32_weights_equal_the_f64_product_on_every_path() {
+fn f32_and_f16_weights_equal_the_f64_product_on_every_path() {
     let paths = Path::detect().and_narrower();
     if paths.is_empty() {
         eprintln!("no AVX-512 on this CPU: fgemm has no path to test");
@@ -65,6 +65,18 @@ fn f32_weights_equal_the_f64_product_on_every_path() {
             let (want, mag) = reference(&x, &w, n, k);
             check(
                 &format!("{path:?} f32 {m}×{n}×{k}"),
+                &got,
+                &want,
+                &mag,
+                1e-6,
+            );
+            // f16 weights: the product on their exact f32 widening.
+            let wh: Vec<half::f16> = w.iter().map(|&v| half::f16::from_f32(v)).collect();
+            let wide: Vec<f32> = wh.iter().map(|v| v.to_f32()).collect();
+            let got = matmul(path, Rows::F16(&wh), n, k, &x).expect("f16 on this path");
+            let (want, mag) = reference(&x, &wide, n, k);
+            check(
+                &format!("{path:?} f16 {m}×{n}×{k}"),
                 &got,
                 &want,
                 &mag,

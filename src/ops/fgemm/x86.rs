@@ -27,8 +27,9 @@ unsafe fn store_sums<const TM: usize, const TN: usize>(
 /// is (n, k)).
 ///
 /// # Safety
-/// AVX-512F must be present; r0 < m, c0 < n, x.len() ≥ m·k, w.len() ≥ n·k.
-#[target_feature(enable = "avx512f")]
+/// AVX-512F, BW and VL must be present; r0 < m, c0 < n, x.len() ≥ m·k,
+/// w.len() ≥ n·k.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn tile_f32(
     x: &[f32],
@@ -40,8 +41,51 @@ pub unsafe fn tile_f32(
     n: usize,
     out: &mut [[f32; RN]; RM],
 ) {
+    let load = |p: *const f32, mask: __mmask16| _mm512_maskz_loadu_ps(mask, p);
+    tile_widened(x, w, k, r0, c0, m, n, out, load)
+}
+
+/// `tile_f32` on f16 weights (bits), widened exactly to f32 as loaded.
+///
+/// # Safety
+/// AVX-512F, BW and VL must be present; as `tile_f32` otherwise.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn tile_f16(
+    x: &[f32],
+    w: &[u16],
+    k: usize,
+    r0: usize,
+    c0: usize,
+    m: usize,
+    n: usize,
+    out: &mut [[f32; RN]; RM],
+) {
+    let load = |p: *const u16, mask: __mmask16| {
+        _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, p as *const i16))
+    };
+    tile_widened(x, w, k, r0, c0, m, n, out, load)
+}
+
+/// The f32 tile on weights of type `T`, each 16 of them widened to f32 by
+/// `load` (masked-off lanes zero). With the callers' target features, so
+/// that it inlines into them and its intrinsics stay instructions.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_widened<T>(
+    x: &[f32],
+    w: &[T],
+    k: usize,
+    r0: usize,
+    c0: usize,
+    m: usize,
+    n: usize,
+    out: &mut [[f32; RN]; RM],
+    load: impl Fn(*const T, __mmask16) -> __m512,
+) {
     let xp: [*const f32; RM] = rows::<RM>(r0, m).map(|r| x.as_ptr().add(r * k));
-    let wp: [*const f32; RN] = rows::<RN>(c0, n).map(|r| w.as_ptr().add(r * k));
+    let wp: [*const T; RN] = rows::<RN>(c0, n).map(|r| w.as_ptr().add(r * k));
     let mut acc = [[_mm512_setzero_ps(); RN]; RM];
     let full = k / 16 * 16;
     // The activations stay in registers and the weight rows are loaded one
@@ -49,7 +93,7 @@ pub unsafe fn tile_f32(
     let mut step = |at: usize, mask: __mmask16| {
         let a: [__m512; RM] = std::array::from_fn(|i| _mm512_maskz_loadu_ps(mask, xp[i].add(at)));
         for j in 0..RN {
-            let wv = _mm512_maskz_loadu_ps(mask, wp[j].add(at));
+            let wv = load(wp[j].add(at), mask);
             for i in 0..RM {
                 acc[i][j] = _mm512_fmadd_ps(a[i], wv, acc[i][j]);
             }
