@@ -1,6 +1,6 @@
 //! The matrix products of a projection: dense (our threaded GEMV for decode
-//! rows; for prompts our `fgemm` on f32 and bf16 weights where the CPU has
-//! AVX-512, else the `gemm` crate's f32 GEMM, bf16/f16 widened into a
+//! rows; for prompts our `fgemm` on f32, f16 and bf16 weights where the CPU
+//! has AVX-512, else the `gemm` crate's f32 GEMM, bf16/f16 widened into a
 //! reused scratch) and quantized (our `qdot`/`kquant`/`vecdot` kernels for
 //! decode rows; for prompts, `qgemm` under `Precision::TwoTerm` or an f32
 //! GEMM on the dequantized weight under `Precision::Exact`). Every
@@ -77,7 +77,7 @@ pub enum Precision {
     TwoTerm,
 }
 
-/// Prompt rows on a float weight on the CPU: our `fgemm` (f32 and bf16
+/// Prompt rows on a float weight on the CPU: our `fgemm` (f32, f16 and bf16
 /// weights on AVX-512), else an f32 GEMM (the `gemm` crate candle uses, on
 /// rayon) on the weight as it is (f32), or widened in chunks of rows into a
 /// scratch buffer kept between calls (bf16, f16; widened on our pool).

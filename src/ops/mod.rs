@@ -2,7 +2,7 @@
 //!
 //! - `matmul`: projections (dense and quantized weights)
 //! - `gemv`: our threaded f32 × f32 kernel for decode rows (AVX2+FMA or scalar)
-//! - `fgemm`: prompt rows on f32 and bf16 weights (AVX-512; bf16 activations as two bf16 terms)
+//! - `fgemm`: prompt rows on f32, f16 and bf16 weights (AVX-512; bf16 activations as two bf16 terms)
 //! - `qdot`: our Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 × f32 kernels for decode (AVX-512 VNNI, AVX2 or
 //!   scalar, chosen at run time; eight weight rows per tile, weights prefetched)
 //! - `qgemm`: prompt rows on Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q6_K: each tile of eight weight rows
