@@ -114,9 +114,8 @@ pub fn matmul(path: Path, w: Rows, n: usize, k: usize, x: &[f32]) -> Option<Vec<
         }
         #[cfg(target_arch = "x86_64")]
         (Path::Avx512 | Path::Avx512Bf16, Rows::F16(w)) => {
-            // SAFETY: f16 is a transparent u16.
-            let w = unsafe { std::slice::from_raw_parts(w.as_ptr() as *const u16, w.len()) };
-            tiles::<RM, RN>(&mut y, m, n, k, 2, |r0, c0, out| {
+            let w = half_bits(w);
+            tiles::<RM, RN>(&mut y, m, n, k, 4, |r0, c0, out| {
                 // SAFETY: AVX-512F, BW and VL are present (the path); rows
                 // as above.
                 unsafe { x86::tile_f16(x, w, k, r0, c0, m, n, out) }
@@ -130,7 +129,7 @@ pub fn matmul(path: Path, w: Rows, n: usize, k: usize, x: &[f32]) -> Option<Vec<
                 static SPLIT: std::cell::RefCell<SplitBf16> =
                     const { std::cell::RefCell::new(SplitBf16 { hi: Vec::new(), lo: Vec::new() }) };
             }
-            let w: &[u16] = bytemuck_bf16(w);
+            let w = half_bits(w);
             SPLIT.with_borrow_mut(|s| {
                 // SAFETY: AVX-512 BF16 is present (the path).
                 unsafe { x86::split_bf16(x, s) };
@@ -146,16 +145,22 @@ pub fn matmul(path: Path, w: Rows, n: usize, k: usize, x: &[f32]) -> Option<Vec<
     Some(y)
 }
 
-/// A bf16 slice's bits.
-fn bytemuck_bf16(w: &[half::bf16]) -> &[u16] {
-    // SAFETY: bf16 is a transparent u16.
+/// The bits of a bf16 or f16 slice.
+fn half_bits<T: HalfBits>(w: &[T]) -> &[u16] {
+    // SAFETY: both types are transparent u16s (`HalfBits`).
     unsafe { std::slice::from_raw_parts(w.as_ptr() as *const u16, w.len()) }
 }
+
+/// The 16-bit float types, `#[repr(transparent)]` over u16.
+trait HalfBits {}
+impl HalfBits for half::bf16 {}
+impl HalfBits for half::f16 {}
 
 /// Runs `tile(r0, c0, out)` (out[i][j] = row r0+i of x · row c0+j of W,
 /// rows past the end clamped to the last one) over the whole (m, n) output:
 /// ranges of weight tiles on the pool, each against the prompt's rows in
-/// chunks of about `CHUNK_BYTES` of activations (`bytes` per element).
+/// chunks of about `CHUNK_BYTES` of activations (`bytes` per element of the
+/// activations as the tile reads them: 4 for f32, 2 + 2 for two bf16 terms).
 fn tiles<const TM: usize, const TN: usize>(
     y: &mut [f32],
     m: usize,
