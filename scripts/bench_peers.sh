@@ -47,7 +47,8 @@ if [ ! -x "$D/build/bin/llama-bench" ] || [ ! -x "$D/build/bin/llama-quantize" ]
   command -v cmake >/dev/null || apt-get install -y -q cmake >/dev/null
   cmake -S "$L" -B "$D/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
     -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF >/dev/null
-  cmake --build "$D/build" -j"$(nproc)" --target llama-bench llama-quantize >/dev/null
+  cmake --build "$D/build" -j"$(nproc)" --target llama-bench llama-quantize >"$D/build.log" 2>&1 \
+    || { tail -20 "$D/build.log" >&2; exit 1; }
 fi
 LB=$D/build/bin/llama-bench LQ=$D/build/bin/llama-quantize
 
@@ -136,7 +137,14 @@ for row in "${rows[@]}"; do
   "$EXE" bench -m "$model" $flags -p "$P" -n "$N" -r "$R" -t "$T" --json > "$RES/$i-expert.json"
   warm "$gguf"
   log "$label: llama.cpp"
-  "$LB" -m "$gguf" -p "$P" -n "$N" -r "$R" -t "$T" -o json > "$RES/$i-llama.json" 2>/dev/null
+  if ! "$LB" -m "$gguf" -p "$P" -n "$N" -r "$R" -t "$T" -o json > "$RES/$i-llama.json" 2>/dev/null; then
+    # Seen on an AMX CPU (Xeon, 2026-12-02): llama.cpp 0.3.36 crashes in
+    # its repacked (AMX) quantized weights. The row is then measured
+    # without the repack, and the table says so.
+    log "$label: llama.cpp failed; again with --repack 0"
+    "$LB" -m "$gguf" -p "$P" -n "$N" -r "$R" -t "$T" --repack 0 -o json > "$RES/$i-llama.json" 2>/dev/null
+    echo "--repack 0" > "$RES/$i-llama-note"
+  fi
   echo "$label" > "$RES/$i-label"
   echo "$gguf" > "$RES/$i-gguf"
 done
@@ -161,6 +169,7 @@ def bytes_per_token(path):
     return total
 
 lines = []
+notes = set()
 cpu = None
 for lab in sorted(glob.glob(os.path.join(res, "*-label")), key=lambda f: int(os.path.basename(f).split("-")[0])):
     i = os.path.basename(lab).split("-")[0]
@@ -173,6 +182,11 @@ for lab in sorted(glob.glob(os.path.join(res, "*-label")), key=lambda f: int(os.
     e_tg = next(t for t in ex if t["decode_tok_s"] is not None)
     l_pp = next(t for t in ll if t["n_prompt"] > 0 and t["n_gen"] == 0)
     l_tg = next(t for t in ll if t["n_gen"] > 0 and t["n_prompt"] == 0)
+    note = os.path.join(res, f"{i}-llama-note")
+    if os.path.exists(note):
+        label += " †"
+        notes.add("† llama.cpp crashed (segmentation fault) with its default weight repacking on this CPU "
+                  "(its AMX path), so this row's llama.cpp figures are with `--repack 0`.")
     bpt = bytes_per_token(gguf_path)
     ceiling = gbs * 1e9 / bpt
     f = lambda v, s: f"{v:.1f} ± {s:.1f}"
@@ -198,7 +212,7 @@ with `-DGGML_NATIVE=ON`) on the same file with the same threads.
 | model | expert holds | llama.cpp prefill | llama.cpp decode | expert prefill | expert decode | expert ÷ llama.cpp (prefill / decode) | bytes/token → ceiling tok/s | decode ÷ ceiling (expert / llama.cpp) | expert load, peak RSS |
 |---|---|---:|---:|---:|---:|---:|---:|---:|---:|
 """
-open(out, "w").write(head + "\n".join(lines) + "\n")
+open(out, "w").write(head + "\n".join(lines) + "\n" + "".join("\n" + n + "\n" for n in sorted(notes)))
 print(open(out).read())
 EOF
 log "raw results in $RES"

@@ -28,6 +28,8 @@
 //! Other CPUs, and bf16 weights without AVX-512 BF16, return None: the
 //! caller keeps the `gemm` crate's f32 GEMM (`ops::matmul`).
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 #[cfg(test)]
 mod tests;
 #[cfg(target_arch = "x86_64")]
@@ -58,6 +60,10 @@ pub enum Path {
     /// AVX-512F, BW, VL and BF16: f32, f16 and bf16 weights.
     #[cfg(target_arch = "x86_64")]
     Avx512Bf16,
+    /// As `Avx512Bf16`, with bf16 weights on AMX tiles (`amx`) where the
+    /// shape fits them.
+    #[cfg(target_arch = "x86_64")]
+    Amx,
 }
 
 impl Path {
@@ -68,7 +74,11 @@ impl Path {
             && is_x86_feature_detected!("avx512vl")
         {
             return if is_x86_feature_detected!("avx512bf16") {
-                Path::Avx512Bf16
+                if amx::available() {
+                    Path::Amx
+                } else {
+                    Path::Avx512Bf16
+                }
             } else {
                 Path::Avx512
             };
@@ -85,15 +95,33 @@ impl Path {
             Path::Avx512 => vec![Path::Avx512],
             #[cfg(target_arch = "x86_64")]
             Path::Avx512Bf16 => vec![Path::Avx512Bf16, Path::Avx512],
+            #[cfg(target_arch = "x86_64")]
+            Path::Amx => vec![Path::Amx, Path::Avx512Bf16, Path::Avx512],
         }
     }
 }
 
-/// The activations of a bf16 product, as two bf16 terms per element.
+/// The activations of a bf16 product, as two bf16 terms per element
+/// (and, for AMX, the same packed into its tiles).
+#[derive(Default)]
 struct SplitBf16 {
     pub hi: Vec<u16>,
     pub lo: Vec<u16>,
+    pub packed_hi: Vec<u32>,
+    pub packed_lo: Vec<u32>,
 }
+
+thread_local! {
+    /// Kept per thread between calls: fresh pages for every projection
+    /// cost more than the split itself.
+    static SPLIT: std::cell::RefCell<SplitBf16> = std::cell::RefCell::new(SplitBf16::default());
+}
+
+/// The output's base, shared by the threads that write disjoint columns.
+struct Out(*mut f32);
+// SAFETY: each range of weight rows (output columns) is handed to exactly
+// one thread, so no two threads write the same element.
+unsafe impl Sync for Out {}
 
 /// x·Wᵀ for `x` (m, k) row-major f32 and `w` (n, k): (m, n) row-major, or
 /// None when `path` has no kernel for `w`'s type.
@@ -105,7 +133,7 @@ pub fn matmul(path: Path, w: Rows, n: usize, k: usize, x: &[f32]) -> Option<Vec<
     let mut y = vec![0f32; m * n];
     match (path, w) {
         #[cfg(target_arch = "x86_64")]
-        (Path::Avx512 | Path::Avx512Bf16, Rows::F32(w)) => {
+        (Path::Avx512 | Path::Avx512Bf16 | Path::Amx, Rows::F32(w)) => {
             tiles::<RM, RN>(&mut y, m, n, k, 4, |r0, c0, out| {
                 // SAFETY: AVX-512F, BW and VL are present (the path); the row indices
                 // are < m and < n, so every row lies inside x and w.
@@ -113,7 +141,7 @@ pub fn matmul(path: Path, w: Rows, n: usize, k: usize, x: &[f32]) -> Option<Vec<
             })
         }
         #[cfg(target_arch = "x86_64")]
-        (Path::Avx512 | Path::Avx512Bf16, Rows::F16(w)) => {
+        (Path::Avx512 | Path::Avx512Bf16 | Path::Amx, Rows::F16(w)) => {
             let w = half_bits(w);
             tiles::<RM, RN>(&mut y, m, n, k, 4, |r0, c0, out| {
                 // SAFETY: AVX-512F, BW and VL are present (the path); rows
@@ -122,13 +150,26 @@ pub fn matmul(path: Path, w: Rows, n: usize, k: usize, x: &[f32]) -> Option<Vec<
             })
         }
         #[cfg(target_arch = "x86_64")]
-        (Path::Avx512Bf16, Rows::Bf16(w)) => {
-            // The split is kept per thread between calls: fresh pages for
-            // every projection cost more than the split itself.
-            thread_local! {
-                static SPLIT: std::cell::RefCell<SplitBf16> =
-                    const { std::cell::RefCell::new(SplitBf16 { hi: Vec::new(), lo: Vec::new() }) };
-            }
+        (Path::Amx, Rows::Bf16(w)) if amx::fits(n, k) => {
+            let w = half_bits(w);
+            SPLIT.with_borrow_mut(|s| {
+                // SAFETY: AVX-512 BF16 is present (the path).
+                unsafe { x86::split_bf16(x, s) };
+                amx::pack(&s.hi, m, k, &mut s.packed_hi);
+                amx::pack(&s.lo, m, k, &mut s.packed_lo);
+                let out = Out(y.as_mut_ptr());
+                let (hi, lo) = (&s.packed_hi, &s.packed_lo);
+                pool::for_ranges(n.div_ceil(2 * amx::BLOCK), |blocks| {
+                    let out = &out;
+                    // SAFETY: AMX is available (the path) and the shape fits;
+                    // hi and lo are packed from (m, k); each range of weight
+                    // blocks (output columns) is this thread's alone.
+                    unsafe { amx::run_blocks(hi, lo, w, n, k, m, blocks, out.0) }
+                })
+            })
+        }
+        #[cfg(target_arch = "x86_64")]
+        (Path::Avx512Bf16 | Path::Amx, Rows::Bf16(w)) => {
             let w = half_bits(w);
             SPLIT.with_borrow_mut(|s| {
                 // SAFETY: AVX-512 BF16 is present (the path).
@@ -169,10 +210,6 @@ fn tiles<const TM: usize, const TN: usize>(
     bytes: usize,
     tile: impl Fn(usize, usize, &mut [[f32; TN]; TM]) + Sync,
 ) {
-    struct Out(*mut f32);
-    // SAFETY: each weight tile (a range of output columns) is handed to
-    // exactly one thread, so no two threads write the same element.
-    unsafe impl Sync for Out {}
     let out = Out(y.as_mut_ptr());
     let chunk = (CHUNK_BYTES / (k * bytes)).max(1).div_ceil(TM) * TM;
     pool::for_ranges(n.div_ceil(TN), |cols| {

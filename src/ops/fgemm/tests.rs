@@ -41,7 +41,7 @@ fn check(what: &str, got: &[f32], want: &[f64], mag: &[f64], tol: f64) {
 
 /// Shapes with partial tiles at both ends, k not a multiple of the vector
 /// width, and the widths of Qwen3-0.6B and SmolLM2.
-const SHAPES: [(usize, usize, usize); 6] = [
+const SHAPES: [Shape; 6] = [
     (1, 5, 37),
     (3, 7, 576),
     (16, 9, 1024),
@@ -86,58 +86,122 @@ fn f32_and_f16_weights_equal_the_f64_product_on_every_path() {
     }
 }
 
+/// Shapes the AMX tiles take whole (n a multiple of 16, k of 32), with
+/// prompt rows that fill one, two, three and eight 16-row blocks.
+#[cfg(target_arch = "x86_64")]
+const AMX_SHAPES: [Shape; 6] = [
+    (1, 16, 32),
+    (3, 48, 576),
+    (16, 80, 96),
+    (33, 16, 64),
+    (37, 32, 1024),
+    (128, 64, 3072),
+];
+
+/// (m, n, k): prompt rows, weight rows, width.
+type Shape = (usize, usize, usize);
+
+/// The paths that run bf16 weights, with the shapes to test them on.
+fn bf16_paths() -> Vec<(Path, Vec<Shape>)> {
+    let mut out = vec![];
+    for path in Path::detect().and_narrower() {
+        #[cfg(target_arch = "x86_64")]
+        match path {
+            // Amx takes the shapes that do not fit its tiles on AVX-512 BF16.
+            Path::Amx | Path::Avx512Bf16 => {
+                out.push((path, [&SHAPES[..], &AMX_SHAPES[..]].concat()))
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 #[test]
 fn bf16_weights_equal_the_two_term_product_and_nearly_the_f32_one() {
-    let path = Path::detect();
-    if path != Path::Avx512Bf16 {
-        eprintln!("no AVX-512 BF16 on this CPU: the bf16 kernel is not tested here");
+    let paths = bf16_paths();
+    if paths.is_empty() {
+        eprintln!("no AVX-512 BF16 on this CPU: the bf16 kernels are not tested here");
+        let path = Path::detect();
         assert!(matmul(path, Rows::Bf16(&[bf16::ONE]), 1, 1, &[1.0]).is_none());
         return;
     }
-    for (m, n, k) in SHAPES {
-        // Activations over several orders of magnitude, as hidden states are.
-        let x: Vec<f32> = test_values(m * k, 3 + k as u64)
-            .iter()
-            .enumerate()
-            .map(|(i, v)| v * [1.0, 37.5, 0.01, 1e-3][i % 4])
-            .collect();
-        let wb: Vec<bf16> = test_values(n * k, 11 + n as u64)
-            .iter()
-            .map(|&v| bf16::from_f32(v))
-            .collect();
-        let w: Vec<f32> = wb.iter().map(|v| v.to_f32()).collect();
-        let got = matmul(path, Rows::Bf16(&wb), n, k, &x).expect("bf16 on AVX-512 BF16");
-        // The scalar reference: the same two terms, summed in f64.
-        let split: Vec<f32> = x
-            .iter()
-            .map(|&v| {
-                let (h, l) = split_scalar(v);
-                h + l
-            })
-            .collect();
-        let (want, mag) = reference(&split, &w, n, k);
-        check(
-            &format!("bf16 two-term {m}×{n}×{k}"),
-            &got,
-            &want,
-            &mag,
-            1e-6,
-        );
-        // And the f32 activations themselves: the split keeps ~16 bits.
-        let (exact, mag) = reference(&x, &w, n, k);
-        check(
-            &format!("bf16 vs f32 x {m}×{n}×{k}"),
-            &got,
-            &exact,
-            &mag,
-            2e-5,
-        );
+    for (path, shapes) in paths {
+        for (m, n, k) in shapes {
+            // Activations over several orders of magnitude, as hidden states are.
+            let x: Vec<f32> = test_values(m * k, 3 + k as u64)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v * [1.0, 37.5, 0.01, 1e-3][i % 4])
+                .collect();
+            let wb: Vec<bf16> = test_values(n * k, 11 + n as u64)
+                .iter()
+                .map(|&v| bf16::from_f32(v))
+                .collect();
+            let w: Vec<f32> = wb.iter().map(|v| v.to_f32()).collect();
+            let got = matmul(path, Rows::Bf16(&wb), n, k, &x).expect("bf16 on this path");
+            // The scalar reference: the same two terms, summed in f64.
+            let split: Vec<f32> = x
+                .iter()
+                .map(|&v| {
+                    let (h, l) = split_scalar(v);
+                    h + l
+                })
+                .collect();
+            let (want, mag) = reference(&split, &w, n, k);
+            check(
+                &format!("{path:?} bf16 two-term {m}×{n}×{k}"),
+                &got,
+                &want,
+                &mag,
+                1e-6,
+            );
+            // And the f32 activations themselves: the split keeps ~16 bits.
+            let (exact, mag) = reference(&x, &w, n, k);
+            check(
+                &format!("{path:?} bf16 vs f32 x {m}×{n}×{k}"),
+                &got,
+                &exact,
+                &mag,
+                2e-5,
+            );
+        }
+    }
+}
+
+/// The AMX packing puts each pair where the tile expects it: block (b, j),
+/// row kk, column r holds x[16b + r][32j + 2kk .. +2]; padding rows are 0.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn amx_packing_puts_each_pair_in_its_tile_row() {
+    let (m, k) = (19, 96);
+    let x: Vec<u16> = (0..m * k).map(|i| i as u16).collect();
+    let mut p = vec![7u32; 3];
+    amx::pack(&x, m, k, &mut p);
+    assert_eq!(p.len(), amx::padded_rows(m) * k / 2);
+    let steps = k / amx::K_STEP;
+    for b in 0..amx::padded_rows(m) / 16 {
+        for j in 0..steps {
+            for kk in 0..16 {
+                for r in 0..16 {
+                    let got = p[((b * steps + j) * 16 + kk) * 16 + r];
+                    let row = b * 16 + r;
+                    let want = if row < m {
+                        let at = row * k + j * 32 + 2 * kk;
+                        x[at] as u32 | (x[at + 1] as u32) << 16
+                    } else {
+                        0
+                    };
+                    assert_eq!(got, want, "block ({b}, {j}) row {kk} column {r}");
+                }
+            }
+        }
     }
 }
 
 #[test]
 fn the_simd_split_equals_halfs_rounding() {
-    if Path::detect() != Path::Avx512Bf16 {
+    if !matches!(Path::detect(), Path::Avx512Bf16 | Path::Amx) {
         return;
     }
     let mut x = test_values(1000, 5);
@@ -153,7 +217,7 @@ fn the_simd_split_equals_halfs_rounding() {
     ]);
     let mut s = SplitBf16 {
         hi: vec![7; 3],
-        lo: Vec::new(),
+        ..SplitBf16::default()
     };
     // SAFETY: the path says AVX-512 BF16 is present.
     unsafe { x86::split_bf16(&x, &mut s) };
