@@ -4,6 +4,8 @@
 //!
 //! Same arithmetic as the AVX-512 BF16 tile: each activation is carried as
 //! two bf16 terms (hi + lo), every product is exact in f32 and summed in f32.
+//! f16 and f32 weights (generation only) are split per 32-row block into
+//! two and three bf16 terms, exactly, and each term runs like a bf16 weight.
 //!
 //! Roles (C += A·B in AMX's terms):
 //! - A: 16 weight rows × 32 k, read straight from W (row-major along k);
@@ -103,18 +105,70 @@ impl TileConfig {
     }
 }
 
-/// y (m, n) += nothing: y = x·Wᵀ for weight rows in `blocks` (units of 32
-/// rows; the last may be 16), all prompt rows, from the packed terms.
+/// The weights as AMX reads them.
+#[derive(Clone, Copy)]
+pub enum Weights<'a> {
+    /// bf16 bits: the A tiles read W in place.
+    Bf16(&'a [u16]),
+    /// f16: each block of 32 rows is split per thread into two bf16
+    /// terms, exactly (11 significant bits fit in 8 + 8; every f16,
+    /// subnormals too, is inside bf16's range), kept in L2 while it runs.
+    F16(&'a [half::f16]),
+    /// f32: each block of 32 rows split the same way into three bf16
+    /// terms (24 significant bits in 8 + 8 + 8; exact but for parts below
+    /// bf16's smallest normal, 2⁻¹²⁶, which are flushed).
+    F32(&'a [f32]),
+}
+
+/// One k step: C[a|b][0|1] += A[a|b] · (B hi, then B lo), where the A
+/// tiles are 16 weight rows at `wa`, `wb` (`ws` bytes apart) and the B
+/// tiles the packed activations at h0, h1 (hi) and l0, l1 (lo).
 ///
 /// # Safety
-/// `available()` must be true; `fits(n, k)`; `hi` and `lo` are `pack`ed
-/// from (m, k); w holds n·k elements; y points at m·n f32 that no other
-/// thread writes in these columns.
+/// Tiles configured (`TileConfig::all_16_by_64`); each pointer has 16 rows
+/// of 64 bytes at its stride.
+#[inline(always)]
+unsafe fn step(wa: *const u8, wb: *const u8, ws: usize, h: [*const u8; 2], l: [*const u8; 2]) {
+    asm!(
+        "tileloadd tmm4, [{wa} + {ws}*1]",
+        "tileloadd tmm5, [{wb} + {ws}*1]",
+        "tileloadd tmm6, [{h0} + {s}*1]",
+        "tileloadd tmm7, [{h1} + {s}*1]",
+        "tdpbf16ps tmm0, tmm4, tmm6",
+        "tdpbf16ps tmm1, tmm4, tmm7",
+        "tdpbf16ps tmm2, tmm5, tmm6",
+        "tdpbf16ps tmm3, tmm5, tmm7",
+        "tileloadd tmm6, [{l0} + {s}*1]",
+        "tileloadd tmm7, [{l1} + {s}*1]",
+        "tdpbf16ps tmm0, tmm4, tmm6",
+        "tdpbf16ps tmm1, tmm4, tmm7",
+        "tdpbf16ps tmm2, tmm5, tmm6",
+        "tdpbf16ps tmm3, tmm5, tmm7",
+        wa = in(reg) wa,
+        wb = in(reg) wb,
+        ws = in(reg) ws,
+        h0 = in(reg) h[0],
+        h1 = in(reg) h[1],
+        l0 = in(reg) l[0],
+        l1 = in(reg) l[1],
+        s = in(reg) 64usize,
+        options(nostack, readonly)
+    );
+}
+
+/// y = x·Wᵀ for the weight rows in `blocks` (units of 32 rows; the last
+/// may be 16) and all prompt rows, from the packed activation terms.
+///
+/// # Safety
+/// `available()` must be true (and AVX-512 BF16 for f16 and f32 weights);
+/// `fits(n, k)`; `hi` and `lo` are `pack`ed from (m, k); w holds n·k
+/// elements; y points at m·n f32 that no other thread writes in these
+/// columns.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn run_blocks(
     hi: &[u32],
     lo: &[u32],
-    w: &[u16],
+    w: Weights,
     n: usize,
     k: usize,
     m: usize,
@@ -127,22 +181,46 @@ pub unsafe fn run_blocks(
     let ws = k * 2; // bytes between weight rows
     let pair_blocks = padded_rows(m) / (2 * BLOCK);
     let mut c = [0f32; 4 * BLOCK * BLOCK];
+    // f16 and f32: the block's rows (widened), split into bf16 terms.
+    let (mut wide, mut split, mut split2) = (
+        Vec::new(),
+        super::SplitBf16::default(),
+        super::SplitBf16::default(),
+    );
     for blk in blocks {
         let n0 = blk * 2 * BLOCK;
         let two = n0 + BLOCK < n;
-        let w0 = w.as_ptr().add(n0 * k) as *const u8;
-        let w1 = if two { w0.add(BLOCK * ws) } else { w0 };
+        let rows = if two { 2 * BLOCK } else { BLOCK };
+        // Each term's first weight row: bf16 in place; f16 split here.
+        let terms: Vec<*const u8> = match w {
+            Weights::Bf16(w) => vec![w.as_ptr().add(n0 * k) as *const u8],
+            Weights::F16(w) => {
+                wide.resize(rows * k, 0f32);
+                let halves = &w[n0 * k..(n0 + rows) * k];
+                half::slice::HalfFloatSliceExt::convert_to_f32_slice(halves, &mut wide);
+                super::x86::split_bf16(&wide, &mut split);
+                vec![
+                    split.hi.as_ptr() as *const u8,
+                    split.lo.as_ptr() as *const u8,
+                ]
+            }
+            Weights::F32(w) => {
+                // hi = bf16(w); then the exact remainder w − hi in two terms.
+                let rows_of = &w[n0 * k..(n0 + rows) * k];
+                super::x86::split_bf16(rows_of, &mut split);
+                super::x86::remainder_after_bf16(rows_of, &split.hi, &mut wide);
+                super::x86::split_bf16(&wide, &mut split2);
+                vec![
+                    split.hi.as_ptr() as *const u8,
+                    split2.hi.as_ptr() as *const u8,
+                    split2.lo.as_ptr() as *const u8,
+                ]
+            }
+        };
         for pb in 0..pair_blocks {
             let b0 = (2 * pb * steps) * B_TILE;
             let b1 = ((2 * pb + 1) * steps) * B_TILE;
-            let (h0, h1) = (
-                (hi.as_ptr() as *const u8).add(b0),
-                (hi.as_ptr() as *const u8).add(b1),
-            );
-            let (l0, l1) = (
-                (lo.as_ptr() as *const u8).add(b0),
-                (lo.as_ptr() as *const u8).add(b1),
-            );
+            let (hp, lp) = (hi.as_ptr() as *const u8, lo.as_ptr() as *const u8);
             asm!(
                 "tilezero tmm0",
                 "tilezero tmm1",
@@ -151,34 +229,19 @@ pub unsafe fn run_blocks(
                 options(nostack, nomem)
             );
             for j in 0..steps {
-                let (wa, wb) = (w0.add(j * 64), w1.add(j * 64));
                 let o = j * B_TILE;
-                // C[w block a|b][prompt block 0|1] += W · (hi, then lo).
-                asm!(
-                    "tileloadd tmm4, [{wa} + {ws}*1]",
-                    "tileloadd tmm5, [{wb} + {ws}*1]",
-                    "tileloadd tmm6, [{h0} + {s}*1]",
-                    "tileloadd tmm7, [{h1} + {s}*1]",
-                    "tdpbf16ps tmm0, tmm4, tmm6",
-                    "tdpbf16ps tmm1, tmm4, tmm7",
-                    "tdpbf16ps tmm2, tmm5, tmm6",
-                    "tdpbf16ps tmm3, tmm5, tmm7",
-                    "tileloadd tmm6, [{l0} + {s}*1]",
-                    "tileloadd tmm7, [{l1} + {s}*1]",
-                    "tdpbf16ps tmm0, tmm4, tmm6",
-                    "tdpbf16ps tmm1, tmm4, tmm7",
-                    "tdpbf16ps tmm2, tmm5, tmm6",
-                    "tdpbf16ps tmm3, tmm5, tmm7",
-                    wa = in(reg) wa,
-                    wb = in(reg) wb,
-                    ws = in(reg) ws,
-                    h0 = in(reg) h0.add(o),
-                    h1 = in(reg) h1.add(o),
-                    l0 = in(reg) l0.add(o),
-                    l1 = in(reg) l1.add(o),
-                    s = in(reg) 64usize,
-                    options(nostack, readonly)
-                );
+                for &w0 in &terms {
+                    let wa = w0.add(j * 64);
+                    // A lone last block of 16 rows repeats itself (not stored).
+                    let wb = if two { wa.add(BLOCK * ws) } else { wa };
+                    step(
+                        wa,
+                        wb,
+                        ws,
+                        [hp.add(b0 + o), hp.add(b1 + o)],
+                        [lp.add(b0 + o), lp.add(b1 + o)],
+                    );
+                }
             }
             asm!(
                 "tilestored [{c} + {s}*1], tmm0",

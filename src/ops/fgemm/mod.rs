@@ -1,5 +1,5 @@
-//! Prompt rows on float weights: our own GEMM for f32 and bf16 weights on
-//! AVX-512, y = x·Wᵀ with x (m, k) f32 and W (n, k) as held.
+//! Prompt rows on float weights: our own GEMM for f32, f16 and bf16 weights
+//! on AVX-512 (and AMX), y = x·Wᵀ with x (m, k) f32 and W (n, k) as held.
 //!
 //! Dot-product form: W's rows and x's rows are both contiguous along k, so a
 //! tile of `RM` prompt rows × `RN` weight rows keeps `RM·RN` vector
@@ -24,6 +24,11 @@
 //!   tiles (21 accumulators, 6 activation vectors): ~10 % above 4 × 4 with
 //!   the weights held instead (3 × 8, 4 × 5 and 2 × 10 measured level or
 //!   slower).
+//!
+//! - AMX (`amx`, Sapphire Rapids and later): in generation
+//!   (`Activations::TwoBf16`), bf16 weights and f16/f32 weights split
+//!   exactly into two/three bf16 terms run on `tdpbf16ps` tiles with the
+//!   same two activation terms, where the shape fills whole tiles.
 //!
 //! Other CPUs, and bf16 weights without AVX-512 BF16, return None: the
 //! caller keeps the `gemm` crate's f32 GEMM (`ops::matmul`).
@@ -123,15 +128,61 @@ struct Out(*mut f32);
 // one thread, so no two threads write the same element.
 unsafe impl Sync for Out {}
 
+/// How a product may carry its f32 activations.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Activations {
+    /// As they are: f32 and f16 weights only (bf16 ones return None; the
+    /// caller widens them to f32).
+    Exact,
+    /// As two bf16 terms (about 16 bits) where that is faster: bf16 weights
+    /// on AVX-512 BF16 and AMX, f16 and f32 weights on AMX (split into two
+    /// and three bf16 terms, exactly).
+    TwoBf16,
+}
+
 /// x·Wᵀ for `x` (m, k) row-major f32 and `w` (n, k): (m, n) row-major, or
-/// None when `path` has no kernel for `w`'s type.
-pub fn matmul(path: Path, w: Rows, n: usize, k: usize, x: &[f32]) -> Option<Vec<f32>> {
+/// None when `path` has no kernel for `w`'s type under `acts`.
+pub fn matmul(
+    path: Path,
+    w: Rows,
+    n: usize,
+    k: usize,
+    x: &[f32],
+    acts: Activations,
+) -> Option<Vec<f32>> {
     let m = x.len() / k.max(1);
     if k == 0 || n == 0 || m == 0 {
         return None;
     }
+    if acts == Activations::Exact && matches!(w, Rows::Bf16(_)) {
+        return None;
+    }
     let mut y = vec![0f32; m * n];
     match (path, w) {
+        #[cfg(target_arch = "x86_64")]
+        (Path::Amx, _) if amx::fits(n, k) && acts == Activations::TwoBf16 => {
+            let w = match w {
+                Rows::F32(w) => amx::Weights::F32(w),
+                Rows::F16(w) => amx::Weights::F16(w),
+                Rows::Bf16(w) => amx::Weights::Bf16(half_bits(w)),
+            };
+            SPLIT.with_borrow_mut(|s| {
+                // SAFETY: AVX-512 BF16 is present (the path).
+                unsafe { x86::split_bf16(x, s) };
+                amx::pack(&s.hi, m, k, &mut s.packed_hi);
+                amx::pack(&s.lo, m, k, &mut s.packed_lo);
+                let out = Out(y.as_mut_ptr());
+                let (hi, lo) = (&s.packed_hi, &s.packed_lo);
+                pool::for_ranges(n.div_ceil(2 * amx::BLOCK), |blocks| {
+                    let out = &out;
+                    // SAFETY: AMX and AVX-512 BF16 are available (the
+                    // path) and the shape fits; hi and lo are packed from
+                    // (m, k); each range of weight blocks (output columns)
+                    // is this thread's alone.
+                    unsafe { amx::run_blocks(hi, lo, w, n, k, m, blocks, out.0) }
+                })
+            })
+        }
         #[cfg(target_arch = "x86_64")]
         (Path::Avx512 | Path::Avx512Bf16 | Path::Amx, Rows::F32(w)) => {
             tiles::<RM, RN>(&mut y, m, n, k, 4, |r0, c0, out| {
@@ -147,25 +198,6 @@ pub fn matmul(path: Path, w: Rows, n: usize, k: usize, x: &[f32]) -> Option<Vec<
                 // SAFETY: AVX-512F, BW and VL are present (the path); rows
                 // as above.
                 unsafe { x86::tile_f16(x, w, k, r0, c0, m, n, out) }
-            })
-        }
-        #[cfg(target_arch = "x86_64")]
-        (Path::Amx, Rows::Bf16(w)) if amx::fits(n, k) => {
-            let w = half_bits(w);
-            SPLIT.with_borrow_mut(|s| {
-                // SAFETY: AVX-512 BF16 is present (the path).
-                unsafe { x86::split_bf16(x, s) };
-                amx::pack(&s.hi, m, k, &mut s.packed_hi);
-                amx::pack(&s.lo, m, k, &mut s.packed_lo);
-                let out = Out(y.as_mut_ptr());
-                let (hi, lo) = (&s.packed_hi, &s.packed_lo);
-                pool::for_ranges(n.div_ceil(2 * amx::BLOCK), |blocks| {
-                    let out = &out;
-                    // SAFETY: AMX is available (the path) and the shape fits;
-                    // hi and lo are packed from (m, k); each range of weight
-                    // blocks (output columns) is this thread's alone.
-                    unsafe { amx::run_blocks(hi, lo, w, n, k, m, blocks, out.0) }
-                })
             })
         }
         #[cfg(target_arch = "x86_64")]

@@ -55,13 +55,22 @@ fn f32_and_f16_weights_equal_the_f64_product_on_every_path() {
     let paths = Path::detect().and_narrower();
     if paths.is_empty() {
         eprintln!("no AVX-512 on this CPU: fgemm has no path to test");
-        assert!(matmul(Path::None, Rows::F32(&[1.0]), 1, 1, &[1.0]).is_none());
+        assert!(matmul(
+            Path::None,
+            Rows::F32(&[1.0]),
+            1,
+            1,
+            &[1.0],
+            Activations::Exact
+        )
+        .is_none());
     }
     for path in paths {
         for (m, n, k) in SHAPES {
             let x = test_values(m * k, 1 + k as u64);
             let w = test_values(n * k, 7 + n as u64);
-            let got = matmul(path, Rows::F32(&w), n, k, &x).expect("f32 on this path");
+            let got = matmul(path, Rows::F32(&w), n, k, &x, Activations::Exact)
+                .expect("f32 on this path");
             let (want, mag) = reference(&x, &w, n, k);
             check(
                 &format!("{path:?} f32 {m}×{n}×{k}"),
@@ -73,7 +82,8 @@ fn f32_and_f16_weights_equal_the_f64_product_on_every_path() {
             // f16 weights: the product on their exact f32 widening.
             let wh: Vec<half::f16> = w.iter().map(|&v| half::f16::from_f32(v)).collect();
             let wide: Vec<f32> = wh.iter().map(|v| v.to_f32()).collect();
-            let got = matmul(path, Rows::F16(&wh), n, k, &x).expect("f16 on this path");
+            let got = matmul(path, Rows::F16(&wh), n, k, &x, Activations::Exact)
+                .expect("f16 on this path");
             let (want, mag) = reference(&x, &wide, n, k);
             check(
                 &format!("{path:?} f16 {m}×{n}×{k}"),
@@ -123,7 +133,15 @@ fn bf16_weights_equal_the_two_term_product_and_nearly_the_f32_one() {
     if paths.is_empty() {
         eprintln!("no AVX-512 BF16 on this CPU: the bf16 kernels are not tested here");
         let path = Path::detect();
-        assert!(matmul(path, Rows::Bf16(&[bf16::ONE]), 1, 1, &[1.0]).is_none());
+        assert!(matmul(
+            path,
+            Rows::Bf16(&[bf16::ONE]),
+            1,
+            1,
+            &[1.0],
+            Activations::TwoBf16
+        )
+        .is_none());
         return;
     }
     for (path, shapes) in paths {
@@ -139,7 +157,8 @@ fn bf16_weights_equal_the_two_term_product_and_nearly_the_f32_one() {
                 .map(|&v| bf16::from_f32(v))
                 .collect();
             let w: Vec<f32> = wb.iter().map(|v| v.to_f32()).collect();
-            let got = matmul(path, Rows::Bf16(&wb), n, k, &x).expect("bf16 on this path");
+            let got = matmul(path, Rows::Bf16(&wb), n, k, &x, Activations::TwoBf16)
+                .expect("bf16 on this path");
             // The scalar reference: the same two terms, summed in f64.
             let split: Vec<f32> = x
                 .iter()
@@ -165,6 +184,33 @@ fn bf16_weights_equal_the_two_term_product_and_nearly_the_f32_one() {
                 &mag,
                 2e-5,
             );
+            // f16 and f32 weights on AMX: each split exactly into two (three)
+            // bf16 terms, so the same two-term product on the weight.
+            #[cfg(target_arch = "x86_64")]
+            if path == Path::Amx && amx::fits(n, k) {
+                let wh: Vec<half::f16> = test_values(n * k, 13 + n as u64)
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| half::f16::from_f32(v * [1.0, 3e-5, 200.0][i % 3]))
+                    .collect();
+                let wide: Vec<f32> = wh.iter().map(|v| v.to_f32()).collect();
+                let got = matmul(path, Rows::F16(&wh), n, k, &x, Activations::TwoBf16)
+                    .expect("f16 on AMX");
+                let (want, mag) = reference(&split, &wide, n, k);
+                let what = format!("{path:?} f16 two-term {m}×{n}×{k}");
+                check(&what, &got, &want, &mag, 1e-6);
+                // f32 weights: three bf16 terms each, exactly.
+                let w32: Vec<f32> = test_values(n * k, 17 + n as u64)
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| v * [1.0, 3e-5, 200.0, 1.0 / 3.0][i % 4])
+                    .collect();
+                let got = matmul(path, Rows::F32(&w32), n, k, &x, Activations::TwoBf16)
+                    .expect("f32 on AMX");
+                let (want, mag) = reference(&split, &w32, n, k);
+                let what = format!("{path:?} f32 two-term {m}×{n}×{k}");
+                check(&what, &got, &want, &mag, 1e-6);
+            }
         }
     }
 }

@@ -194,3 +194,29 @@ pub unsafe fn split_bf16(x: &[f32], s: &mut SplitBf16) {
         split(full, (1u32 << (x.len() - full)) as u16 - 1);
     }
 }
+
+/// out = x − hi, exactly (hi = bf16(x) from `split_bf16`; the difference
+/// of two floats this close is exact in f32), resized to x's length.
+///
+/// # Safety
+/// AVX-512F must be present; hi.len() ≥ x.len().
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub unsafe fn remainder_after_bf16(x: &[f32], hi: &[u16], out: &mut Vec<f32>) {
+    out.resize(x.len(), 0.0);
+    let o = out.as_mut_ptr();
+    let full = x.len() / 16 * 16;
+    let step = |at: usize, mask: __mmask16| {
+        let v = _mm512_maskz_loadu_ps(mask, x.as_ptr().add(at));
+        let h = _mm256_maskz_loadu_epi16(mask, hi.as_ptr().add(at) as *const i16);
+        let hw = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)));
+        _mm512_mask_storeu_ps(o.add(at), mask, _mm512_sub_ps(v, hw));
+    };
+    let mut at = 0;
+    while at < full {
+        step(at, 0xffff);
+        at += 16;
+    }
+    if full < x.len() {
+        step(full, (1u32 << (x.len() - full)) as u16 - 1);
+    }
+}

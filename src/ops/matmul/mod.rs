@@ -71,7 +71,11 @@ pub enum Precision {
     ///   prompts, and our decode rows) moves SmolLM2's logits by ~0.1 and
     ///   flips its first answer token. 2–3× faster than `Exact`.
     /// - bf16 weights: two bf16 terms (about 16 bits) in `vdpbf16ps`
-    ///   (`fgemm`, AVX-512 BF16); faster than `Exact`'s widened f32.
+    ///   (`fgemm`, AVX-512 BF16) or AMX tiles; faster than `Exact`'s
+    ///   widened f32.
+    /// - f16 and f32 weights on AMX: the same two terms, each weight split
+    ///   exactly into two (f16) or three (f32) bf16 terms; other CPUs run
+    ///   the exact f32 product.
     ///
     /// What generation's prefill uses.
     TwoTerm,
@@ -106,11 +110,13 @@ fn dense_prompt_in_chunks(
     let m = xs.len() / k.max(1);
     let mut shape = x.dims().to_vec();
     *shape.last_mut().expect("x has a last dimension") = n;
-    // bf16 in two terms only when `p` allows; exactly, it is widened below.
-    let direct = |rows: Rows| match rows {
-        Rows::Bf16(_) if p == Precision::Exact => None,
-        rows => super::fgemm::matmul(ours, rows, n, k, &xs),
+    // Activations in two bf16 terms only when `p` allows; exactly, bf16
+    // weights are widened below.
+    let acts = match p {
+        Precision::Exact => super::fgemm::Activations::Exact,
+        Precision::TwoTerm => super::fgemm::Activations::TwoBf16,
     };
+    let direct = |rows: Rows| super::fgemm::matmul(ours, rows, n, k, &xs, acts);
     if let Some(y) = dense_rows(w, direct) {
         return Ok(Some(Tensor::from_vec(y, shape, &Device::Cpu)?));
     }
@@ -122,7 +128,8 @@ fn dense_prompt_in_chunks(
     // Rows [start, start + len) of W (f32, len × k) into columns
     // start.. of y: y[:, start..start+len] = x · chunkᵀ.
     let gemm_into = |y: &mut [f32], chunk: &[f32], start: usize, len: usize| {
-        if let Some(part) = super::fgemm::matmul(ours, Rows::F32(chunk), len, k, &xs) {
+        let exact = super::fgemm::Activations::Exact;
+        if let Some(part) = super::fgemm::matmul(ours, Rows::F32(chunk), len, k, &xs, exact) {
             for (dst, src) in y.chunks_mut(n).zip(part.chunks(len)) {
                 dst[start..start + len].copy_from_slice(src);
             }
@@ -436,7 +443,10 @@ fn chunked_matmul(
     for start in (0..n).step_by(chunk_rows) {
         let len = chunk_rows.min(n - start);
         let w = chunk(start, len)?;
-        let y = match dense_rows(&w, |rows| super::fgemm::matmul(ours, rows, len, k, &xs)) {
+        let exact = super::fgemm::Activations::Exact;
+        let y = match dense_rows(&w, |rows| {
+            super::fgemm::matmul(ours, rows, len, k, &xs, exact)
+        }) {
             Some(y) => Tensor::from_vec(y, (rows, len), &Device::Cpu)?,
             None => x2.matmul(&w.t()?)?,
         };
