@@ -55,6 +55,15 @@ pub fn available() -> bool {
     })
 }
 
+/// Prompt rows from which f16 and f32 weights go to AMX: splitting each
+/// weight into bf16 terms costs a pass over it per call, which fewer rows
+/// do not repay. A (3072, 1024) weight on a 2-core Xeon, 2 threads, AMX
+/// against the f32 tiles (µs): f32 16 rows 973 / 712, 32 rows 1014 / 1333,
+/// 128 rows 2523 / 5051; f16 16 rows 681 / 551, 32 rows 762 / 1138, 128
+/// rows 1816 / 4525. bf16 weights go at any row count (4 rows: 178 / 434
+/// against the AVX-512 BF16 tiles).
+pub const MIN_ROWS_TO_SPLIT: usize = 32;
+
 /// Shapes the tiles take whole: k a multiple of 32 and n of 16 (every
 /// projection of Qwen3 and SmolLM2); others go to the AVX-512 tiles.
 pub fn fits(n: usize, k: usize) -> bool {
@@ -110,10 +119,10 @@ impl TileConfig {
 pub enum Weights<'a> {
     /// bf16 bits: the A tiles read W in place.
     Bf16(&'a [u16]),
-    /// f16: each block of 32 rows is split per thread into two bf16
+    /// f16 bits: each block of 32 rows is split per thread into two bf16
     /// terms, exactly (11 significant bits fit in 8 + 8; every f16,
     /// subnormals too, is inside bf16's range), kept in L2 while it runs.
-    F16(&'a [half::f16]),
+    F16(&'a [u16]),
     /// f32: each block of 32 rows split the same way into three bf16
     /// terms (24 significant bits in 8 + 8 + 8; exact but for parts below
     /// bf16's smallest normal, 2⁻¹²⁶, which are flushed).
@@ -181,12 +190,8 @@ pub unsafe fn run_blocks(
     let ws = k * 2; // bytes between weight rows
     let pair_blocks = padded_rows(m) / (2 * BLOCK);
     let mut c = [0f32; 4 * BLOCK * BLOCK];
-    // f16 and f32: the block's rows (widened), split into bf16 terms.
-    let (mut wide, mut split, mut split2) = (
-        Vec::new(),
-        super::SplitBf16::default(),
-        super::SplitBf16::default(),
-    );
+    // f16 and f32: the block's rows split into bf16 terms, term by term.
+    let mut split = Vec::new();
     for blk in blocks {
         let n0 = blk * 2 * BLOCK;
         let two = n0 + BLOCK < n;
@@ -195,26 +200,16 @@ pub unsafe fn run_blocks(
         let terms: Vec<*const u8> = match w {
             Weights::Bf16(w) => vec![w.as_ptr().add(n0 * k) as *const u8],
             Weights::F16(w) => {
-                wide.resize(rows * k, 0f32);
-                let halves = &w[n0 * k..(n0 + rows) * k];
-                half::slice::HalfFloatSliceExt::convert_to_f32_slice(halves, &mut wide);
-                super::x86::split_bf16(&wide, &mut split);
-                vec![
-                    split.hi.as_ptr() as *const u8,
-                    split.lo.as_ptr() as *const u8,
-                ]
+                super::x86::split_f16_in_2(&w[n0 * k..(n0 + rows) * k], &mut split);
+                (0..2)
+                    .map(|i| split.as_ptr().add(i * rows * k) as *const u8)
+                    .collect()
             }
             Weights::F32(w) => {
-                // hi = bf16(w); then the exact remainder w − hi in two terms.
-                let rows_of = &w[n0 * k..(n0 + rows) * k];
-                super::x86::split_bf16(rows_of, &mut split);
-                super::x86::remainder_after_bf16(rows_of, &split.hi, &mut wide);
-                super::x86::split_bf16(&wide, &mut split2);
-                vec![
-                    split.hi.as_ptr() as *const u8,
-                    split2.hi.as_ptr() as *const u8,
-                    split2.lo.as_ptr() as *const u8,
-                ]
+                super::x86::split_f32_in_3(&w[n0 * k..(n0 + rows) * k], &mut split);
+                (0..3)
+                    .map(|i| split.as_ptr().add(i * rows * k) as *const u8)
+                    .collect()
             }
         };
         for pb in 0..pair_blocks {

@@ -160,10 +160,14 @@ pub fn matmul(
     let mut y = vec![0f32; m * n];
     match (path, w) {
         #[cfg(target_arch = "x86_64")]
-        (Path::Amx, _) if amx::fits(n, k) && acts == Activations::TwoBf16 => {
+        (Path::Amx, _)
+            if amx::fits(n, k)
+                && acts == Activations::TwoBf16
+                && (matches!(w, Rows::Bf16(_)) || m >= amx::MIN_ROWS_TO_SPLIT) =>
+        {
             let w = match w {
                 Rows::F32(w) => amx::Weights::F32(w),
-                Rows::F16(w) => amx::Weights::F16(w),
+                Rows::F16(w) => amx::Weights::F16(half_bits(w)),
                 Rows::Bf16(w) => amx::Weights::Bf16(half_bits(w)),
             };
             SPLIT.with_borrow_mut(|s| {

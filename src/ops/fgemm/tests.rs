@@ -185,7 +185,8 @@ fn bf16_weights_equal_the_two_term_product_and_nearly_the_f32_one() {
                 2e-5,
             );
             // f16 and f32 weights on AMX: each split exactly into two (three)
-            // bf16 terms, so the same two-term product on the weight.
+            // bf16 terms, so the same two-term product on the weight; with
+            // fewer prompt rows than pay for the split, the exact tiles.
             #[cfg(target_arch = "x86_64")]
             if path == Path::Amx && amx::fits(n, k) {
                 let wh: Vec<half::f16> = test_values(n * k, 13 + n as u64)
@@ -194,22 +195,25 @@ fn bf16_weights_equal_the_two_term_product_and_nearly_the_f32_one() {
                     .map(|(i, &v)| half::f16::from_f32(v * [1.0, 3e-5, 200.0][i % 3]))
                     .collect();
                 let wide: Vec<f32> = wh.iter().map(|v| v.to_f32()).collect();
-                let got = matmul(path, Rows::F16(&wh), n, k, &x, Activations::TwoBf16)
-                    .expect("f16 on AMX");
-                let (want, mag) = reference(&split, &wide, n, k);
-                let what = format!("{path:?} f16 two-term {m}×{n}×{k}");
-                check(&what, &got, &want, &mag, 1e-6);
-                // f32 weights: three bf16 terms each, exactly.
                 let w32: Vec<f32> = test_values(n * k, 17 + n as u64)
                     .iter()
                     .enumerate()
                     .map(|(i, &v)| v * [1.0, 3e-5, 200.0, 1.0 / 3.0][i % 4])
                     .collect();
-                let got = matmul(path, Rows::F32(&w32), n, k, &x, Activations::TwoBf16)
-                    .expect("f32 on AMX");
-                let (want, mag) = reference(&split, &w32, n, k);
-                let what = format!("{path:?} f32 two-term {m}×{n}×{k}");
-                check(&what, &got, &want, &mag, 1e-6);
+                for (name, rows, as_f32) in [
+                    ("f16", Rows::F16(&wh), &wide),
+                    ("f32", Rows::F32(&w32), &w32),
+                ] {
+                    let what = format!("{path:?} {name} two-term {m}×{n}×{k}");
+                    let got = matmul(path, rows, n, k, &x, Activations::TwoBf16).expect(&what);
+                    if m < amx::MIN_ROWS_TO_SPLIT {
+                        let exact = matmul(path, rows, n, k, &x, Activations::Exact);
+                        assert_eq!(Some(got), exact, "{what}: the exact tiles");
+                        continue;
+                    }
+                    let (want, mag) = reference(&split, as_f32, n, k);
+                    check(&what, &got, &want, &mag, 1e-6);
+                }
             }
         }
     }

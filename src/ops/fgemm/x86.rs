@@ -195,28 +195,57 @@ pub unsafe fn split_bf16(x: &[f32], s: &mut SplitBf16) {
     }
 }
 
-/// out = x − hi, exactly (hi = bf16(x) from `split_bf16`; the difference
-/// of two floats this close is exact in f32), resized to x's length.
-///
-/// # Safety
-/// AVX-512F must be present; hi.len() ≥ x.len().
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-pub unsafe fn remainder_after_bf16(x: &[f32], hi: &[u16], out: &mut Vec<f32>) {
-    out.resize(x.len(), 0.0);
-    let o = out.as_mut_ptr();
-    let full = x.len() / 16 * 16;
-    let step = |at: usize, mask: __mmask16| {
-        let v = _mm512_maskz_loadu_ps(mask, x.as_ptr().add(at));
-        let h = _mm256_maskz_loadu_epi16(mask, hi.as_ptr().add(at) as *const i16);
-        let hw = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)));
-        _mm512_mask_storeu_ps(o.add(at), mask, _mm512_sub_ps(v, hw));
+/// Splits n weights into `T` bf16 terms each, t0 = bf16(w), t1 =
+/// bf16(w − t0), … (each difference exact in f32): `out` holds T runs of
+/// n, term by term. `load(i, mask)` gives 16 weights at i as f32, exactly.
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
+#[inline]
+unsafe fn split_terms<const T: usize>(
+    n: usize,
+    load: impl Fn(usize, __mmask16) -> __m512,
+    out: &mut Vec<u16>,
+) {
+    out.resize(T * n, 0);
+    let o = out.as_mut_ptr() as *mut i16;
+    let full = n / 16 * 16;
+    let split = |at: usize, mask: __mmask16| {
+        let mut v = load(at, mask);
+        for t in 0..T {
+            let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
+            _mm256_mask_storeu_epi16(o.add(t * n + at), mask, h);
+            let hw = _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h));
+            v = _mm512_sub_ps(v, _mm512_castsi512_ps(hw));
+        }
     };
     let mut at = 0;
     while at < full {
-        step(at, 0xffff);
+        split(at, 0xffff);
         at += 16;
     }
-    if full < x.len() {
-        step(full, (1u32 << (x.len() - full)) as u16 - 1);
+    if full < n {
+        split(full, (1u32 << (n - full)) as u16 - 1);
     }
+}
+
+/// f32 weights as three bf16 terms (24 significant bits in 8 + 8 + 8:
+/// their sum is the weight but for parts below bf16's smallest normal).
+///
+/// # Safety
+/// AVX-512F, BW, VL and BF16 must be present.
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
+pub unsafe fn split_f32_in_3(w: &[f32], out: &mut Vec<u16>) {
+    let p = w.as_ptr();
+    split_terms::<3>(w.len(), |i, m| _mm512_maskz_loadu_ps(m, p.add(i)), out)
+}
+
+/// f16 weights (bits) as two bf16 terms, exactly (11 significant bits in
+/// 8 + 8; every f16 is inside bf16's normal range).
+///
+/// # Safety
+/// AVX-512F, BW, VL and BF16 must be present.
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
+pub unsafe fn split_f16_in_2(w: &[u16], out: &mut Vec<u16>) {
+    let p = w.as_ptr() as *const i16;
+    let load = |i: usize, m: __mmask16| _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p.add(i)));
+    split_terms::<2>(w.len(), load, out)
 }
