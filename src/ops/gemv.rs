@@ -3,10 +3,11 @@
 //! candle's CPU matmul sends one row to `gemm`'s GEMV on one thread; for a
 //! tied lm_head (SmolLM2: 49152 × 576 f32, 113 MB per token) that thread
 //! reads everything alone while the others idle, and a bf16 weight is first
-//! widened to f32 whole, on every call. Here output rows are spread over
-//! candle's barrier pool and each dot product runs in AVX2+FMA (picked at run
-//! time; scalar otherwise); bf16 and f16 weights are widened to f32 eight at a
-//! time in registers, so a bf16 checkpoint is read at 2 bytes a weight and
+//! widened to f32 whole, on every call. Here output rows are spread over our
+//! pool in groups of four (four streams from memory, one load of x shared),
+//! each group in AVX-512 with its next cache lines prefetched, else AVX2+FMA
+//! (picked at run time; scalar otherwise); bf16 and f16 weights are widened
+//! to f32 in registers, so a bf16 checkpoint is read at 2 bytes a weight and
 //! computed exactly as its f32 widening would be. The summation order differs
 //! from gemm's, so results differ in the last bits: the tests bound the
 //! difference by 1e-6 × Σ|w·x| per output.
@@ -189,8 +190,6 @@ mod avx2 {
         total
     }
 
-    /// y += a·x, eight lanes at a time (each element a·x + y rounded once:
-    /// FMA, where the scalar path rounds the product too).
     /// Σ w·x for 4 rows at once (row r at `load(r, i)`), 2 × 8 running
     /// sums each, sharing each load of x.
     #[inline(always)]
@@ -265,6 +264,8 @@ mod avx2 {
         dot4(k, load, x, |r, i| w[r * k + i].to_f32())
     }
 
+    /// y += a·x, eight lanes at a time (each element a·x + y rounded once:
+    /// FMA, where the scalar path rounds the product too).
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) {
         let n = x.len().min(y.len());

@@ -65,8 +65,9 @@ pub enum Path {
     /// AVX-512F, BW, VL and BF16: f32, f16 and bf16 weights.
     #[cfg(target_arch = "x86_64")]
     Avx512Bf16,
-    /// As `Avx512Bf16`, with bf16 weights on AMX tiles (`amx`) where the
-    /// shape fits them.
+    /// As `Avx512Bf16`, with bf16 weights (and, under
+    /// `Activations::TwoBf16`, f16 and f32 ones) on AMX tiles (`amx`) where
+    /// the shape fits them.
     #[cfg(target_arch = "x86_64")]
     Amx,
 }
