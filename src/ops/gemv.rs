@@ -99,7 +99,7 @@ impl Path {
 /// Rows decoded together: several streams from memory at once keep more
 /// reads in flight than one (f32 weights on a 2-core Xeon: one row at a
 /// time 20–24 GB/s, four 28–30).
-pub const ROWS_AT_ONCE: usize = 4;
+const ROWS_AT_ONCE: usize = 4;
 
 impl Path {
     /// out[j] = row `r0 + j` of `w` · `x` for j < out.len() (≤ ROWS_AT_ONCE).

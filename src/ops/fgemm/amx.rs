@@ -196,22 +196,20 @@ pub unsafe fn run_blocks(
         let n0 = blk * 2 * BLOCK;
         let two = n0 + BLOCK < n;
         let rows = if two { 2 * BLOCK } else { BLOCK };
-        // Each term's first weight row: bf16 in place; f16 split here.
-        let terms: Vec<*const u8> = match w {
-            Weights::Bf16(w) => vec![w.as_ptr().add(n0 * k) as *const u8],
+        // The block's weight terms, `count` runs of `rows` rows one after
+        // the other: bf16 in place; f16 and f32 split here.
+        let (first, count) = match w {
+            Weights::Bf16(w) => (w.as_ptr().add(n0 * k) as *const u8, 1),
             Weights::F16(w) => {
                 super::x86::split_f16_in_2(&w[n0 * k..(n0 + rows) * k], &mut split);
-                (0..2)
-                    .map(|i| split.as_ptr().add(i * rows * k) as *const u8)
-                    .collect()
+                (split.as_ptr() as *const u8, 2)
             }
             Weights::F32(w) => {
                 super::x86::split_f32_in_3(&w[n0 * k..(n0 + rows) * k], &mut split);
-                (0..3)
-                    .map(|i| split.as_ptr().add(i * rows * k) as *const u8)
-                    .collect()
+                (split.as_ptr() as *const u8, 3)
             }
         };
+        let term_bytes = rows * ws;
         for pb in 0..pair_blocks {
             let b0 = (2 * pb * steps) * B_TILE;
             let b1 = ((2 * pb + 1) * steps) * B_TILE;
@@ -225,8 +223,8 @@ pub unsafe fn run_blocks(
             );
             for j in 0..steps {
                 let o = j * B_TILE;
-                for &w0 in &terms {
-                    let wa = w0.add(j * 64);
+                for t in 0..count {
+                    let wa = first.add(t * term_bytes + j * 64);
                     // A lone last block of 16 rows repeats itself (not stored).
                     let wb = if two { wa.add(BLOCK * ws) } else { wa };
                     step(

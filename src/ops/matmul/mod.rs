@@ -54,9 +54,9 @@ pub fn dense_forward(
     y.to_dtype(x.dtype())
 }
 
-/// How prompt rows (from `DEQUANT_MIN_ROWS` on) of a quantized or bf16
-/// weight are computed on the CPU. f32 and f16 weights are computed in f32
-/// either way, and so is every row of a weight type no fast kernel covers.
+/// How prompt rows (from `DEQUANT_MIN_ROWS` on) are computed on the CPU.
+/// f32 and f16 weights are computed in f32 either way except on AMX, and so
+/// is every row of a weight type no fast kernel covers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Precision {
     /// The f32 product on the dequantized (or widened bf16) weight: exactly
@@ -82,7 +82,7 @@ pub enum Precision {
 }
 
 /// Prompt rows on a float weight on the CPU: our `fgemm` (f32, f16 and bf16
-/// weights on AVX-512), else an f32 GEMM (the `gemm` crate candle uses, on
+/// weights on AVX-512 and AMX), else an f32 GEMM (the `gemm` crate candle uses, on
 /// rayon) on the weight as it is (f32), or widened in chunks of rows into a
 /// scratch buffer kept between calls (bf16, f16; widened on our pool).
 /// x (…, k) → (…, n) f32; None for other devices, dtypes or layouts.
@@ -179,14 +179,19 @@ fn dense_prompt_in_chunks(
 /// `f` on a contiguous CPU f32, bf16 or f16 matrix's elements; None for other
 /// tensors or when `f` returns None.
 fn dense_rows<T>(w: &Tensor, f: impl FnOnce(super::gemv::Rows) -> Option<T>) -> Option<T> {
-    use super::gemv::Rows;
-    use candle_core::{CpuStorage, Storage};
     let (storage, layout) = w.storage_and_layout();
     let (a, b) = layout.contiguous_offsets()?;
-    match &*storage {
-        Storage::Cpu(CpuStorage::F32(d)) => f(Rows::F32(&d[a..b])),
-        Storage::Cpu(CpuStorage::BF16(d)) => f(Rows::Bf16(&d[a..b])),
-        Storage::Cpu(CpuStorage::F16(d)) => f(Rows::F16(&d[a..b])),
+    f(cpu_rows(&storage, a, b)?)
+}
+
+/// Elements a..b of a CPU f32, bf16 or f16 storage as weight rows.
+fn cpu_rows(storage: &candle_core::Storage, a: usize, b: usize) -> Option<super::gemv::Rows<'_>> {
+    use super::gemv::Rows;
+    use candle_core::{CpuStorage, Storage};
+    match storage {
+        Storage::Cpu(CpuStorage::F32(d)) => Some(Rows::F32(&d[a..b])),
+        Storage::Cpu(CpuStorage::BF16(d)) => Some(Rows::Bf16(&d[a..b])),
+        Storage::Cpu(CpuStorage::F16(d)) => Some(Rows::F16(&d[a..b])),
         _ => None,
     }
 }
@@ -262,7 +267,6 @@ pub fn matmul_many(
     p: Precision,
 ) -> candle_core::Result<Option<Vec<Tensor>>> {
     use super::gemv::Rows;
-    use candle_core::{CpuStorage, Storage};
     let k = x.dim(candle_core::D::Minus1)?;
     let rows = x.elem_count() / k.max(1);
     let qgemm_kind = |w: &WeightRef| match w {
@@ -299,13 +303,10 @@ pub fn matmul_many(
             }
             let mut rows_of = Vec::with_capacity(ws.len());
             for (storage, a, b, n) in &guards {
-                let r = match &**storage {
-                    Storage::Cpu(CpuStorage::F32(d)) if x.dtype() == DType::F32 => {
-                        Rows::F32(&d[*a..*b])
-                    }
-                    Storage::Cpu(CpuStorage::BF16(d)) => Rows::Bf16(&d[*a..*b]),
-                    Storage::Cpu(CpuStorage::F16(d)) => Rows::F16(&d[*a..*b]),
-                    _ => return Ok(None),
+                let r = match cpu_rows(storage, *a, *b) {
+                    Some(Rows::F32(_)) if x.dtype() != DType::F32 => return Ok(None),
+                    Some(r) => r,
+                    None => return Ok(None),
                 };
                 rows_of.push((r, *n));
             }
