@@ -26,12 +26,64 @@ use super::qdot::round_away;
 use super::qdot::{BlockQ8, Kind, Path, QK};
 use candle_core::quantized::GgmlDType;
 
-/// Weight rows per tile: one i32 lane each.
-const TILE: usize = 8;
-/// GEMM rows (two per prompt row) padded to a multiple of the widest pass.
-const GROUP: usize = 8;
-/// Quant bytes of one unpacked block of a tile.
-const TILE_BLOCK: usize = TILE * QK;
+/// The tile kernel a call runs.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kernel {
+    /// `maddubs` on 8-row tiles, 4 GEMM rows a pass.
+    Avx2,
+    /// `vpdpbusd` on 16-row tiles, 8 GEMM rows a pass.
+    Vnni,
+    /// AMX int8 on the same 16-row tiles, 16 GEMM rows a pass.
+    Amx,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Kernel {
+    /// The fastest kernel for `path` on this CPU; None on the scalar path.
+    fn of(path: Path) -> Option<Self> {
+        match path {
+            Path::Scalar => None,
+            Path::Avx2 => Some(Kernel::Avx2),
+            Path::Vnni if crate::ops::amx::int8() => Some(Kernel::Amx),
+            Path::Vnni => Some(Kernel::Vnni),
+        }
+    }
+
+    /// Every kernel this CPU runs (for the tests).
+    #[cfg(test)]
+    fn available() -> Vec<Self> {
+        let mut v = Vec::new();
+        if matches!(Path::detect(), Path::Avx2 | Path::Vnni) {
+            v.push(Kernel::Avx2);
+        }
+        if Path::detect() == Path::Vnni {
+            v.push(Kernel::Vnni);
+            if crate::ops::amx::int8() {
+                v.push(Kernel::Amx);
+            }
+        }
+        v
+    }
+
+    /// Weight rows per tile, one i32 lane each: 8 in AVX2 registers, 16 in
+    /// AVX-512's (twice the `vpdpbusd` products per instruction; 131 → 244
+    /// G multiply-adds/s on one Xeon core) and in an AMX tile.
+    fn tile_rows(self) -> usize {
+        match self {
+            Kernel::Avx2 => 8,
+            Kernel::Vnni | Kernel::Amx => 16,
+        }
+    }
+
+    /// GEMM rows (two per prompt row) per pass; padded to a multiple.
+    fn group(self) -> usize {
+        match self {
+            Kernel::Avx2 | Kernel::Vnni => 8,
+            Kernel::Amx => amx::GROUP,
+        }
+    }
+}
 
 /// The weight types this GEMM takes: `qdot`'s 32-element block kinds, and
 /// the two k-quants of llama.cpp's Q4_K_M files, unpacked per 32 elements.
@@ -95,13 +147,15 @@ impl Format {
     }
 }
 
-/// One unpacked tile, per 32-element block: the interleaved quants
+/// One unpacked tile of `rows` weight rows, per 32-element block: the
+/// interleaved quants
 /// (unsigned for the 4/5-bit kinds and Q4_K; Q8_0's offset by 128 on VNNI,
 /// |w| on AVX2 with the signed weights kept in `signs`; Q6_K's signed), and
-/// the eight rows' `d`, second `d` (Q6_K's second 16 elements), `m`, and
+/// the rows' `d`, second `d` (Q6_K's second 16 elements), `m`, and
 /// Q6_K's corrections 128·Σw per 16 elements (its activations are offset
 /// by 128 to go in unsigned).
 struct Tile {
+    rows: usize,
     quants: Vec<u8>,
     signs: Vec<u8>,
     d: Vec<f32>,
@@ -111,18 +165,26 @@ struct Tile {
 }
 
 impl Tile {
-    fn new(blocks: usize) -> Self {
+    fn new(blocks: usize, rows: usize) -> Self {
         Self {
-            quants: vec![0; blocks * TILE_BLOCK],
-            signs: vec![0; blocks * TILE_BLOCK],
-            d: vec![0.0; blocks * TILE],
-            d2: vec![0.0; blocks * TILE],
-            m: vec![0.0; blocks * TILE],
-            corr: vec![0; blocks * 2 * TILE],
+            rows,
+            quants: vec![0; blocks * rows * QK],
+            signs: vec![0; blocks * rows * QK],
+            d: vec![0.0; blocks * rows],
+            d2: vec![0.0; blocks * rows],
+            m: vec![0.0; blocks * rows],
+            corr: vec![0; blocks * 2 * rows],
         }
+    }
+
+    /// 32-element blocks per row.
+    fn blocks(&self) -> usize {
+        self.d.len() / self.rows
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
@@ -180,15 +242,15 @@ pub fn matmul_many(
     x: &[f32],
 ) -> Option<Vec<Vec<f32>>> {
     #[cfg(target_arch = "x86_64")]
-    if path != Path::Scalar {
-        return Some(tiled(path, fmt, ws, k, x));
+    if let Some(kernel) = Kernel::of(path) {
+        return Some(tiled(kernel, fmt, ws, k, x));
     }
-    let _ = (fmt, ws, k, x);
+    let _ = (path, fmt, ws, k, x);
     None
 }
 
 #[cfg(target_arch = "x86_64")]
-fn tiled(path: Path, fmt: Format, ws: &[(&[u8], usize)], k: usize, x: &[f32]) -> Vec<Vec<f32>> {
+fn tiled(kernel: Kernel, fmt: Format, ws: &[(&[u8], usize)], k: usize, x: &[f32]) -> Vec<Vec<f32>> {
     let blocks = k / QK;
     let row_bytes = k / fmt.block_len() * fmt.block_bytes();
     // Invariants of a loaded weight (GGUF and quantize-at-load check row
@@ -198,8 +260,8 @@ fn tiled(path: Path, fmt: Format, ws: &[(&[u8], usize)], k: usize, x: &[f32]) ->
     let m = x.len() / k;
     // Every prompt row as two 8-bit rows (`quantize_pair`: row 2i its
     // main term, 2i + 1 the residual), quantized once, spread over the
-    // pool; padded with zero rows to groups of 4.
-    let padded = (2 * m).div_ceil(GROUP) * GROUP;
+    // pool; padded with zero rows to whole passes.
+    let padded = (2 * m).div_ceil(kernel.group()) * kernel.group();
     let mut xq = vec![BlockQ8::ZERO; padded * blocks];
     {
         struct Rows(*mut BlockQ8);
@@ -228,26 +290,27 @@ fn tiled(path: Path, fmt: Format, ws: &[(&[u8], usize)], k: usize, x: &[f32]) ->
             }
         });
     }
+    let width = kernel.tile_rows();
     let tiles: Vec<(usize, usize)> = ws
         .iter()
         .enumerate()
-        .flat_map(|(wi, &(_, n))| (0..n).step_by(TILE).map(move |r| (wi, r)))
+        .flat_map(|(wi, &(_, n))| (0..n).step_by(width).map(move |r| (wi, r)))
         .collect();
     let mut ys: Vec<Vec<f32>> = ws.iter().map(|(_, n)| vec![0f32; m * n]).collect();
     /// The outputs, written by the pool's workers at disjoint columns.
     struct Out(Vec<*mut f32>);
-    // SAFETY: each tile writes only its own columns r..r+8 of its weight's
+    // SAFETY: each tile writes only its own columns r..r+width of its weight's
     // output, and each tile index goes to exactly one thread.
     unsafe impl Sync for Out {}
     let out = Out(ys.iter_mut().map(|y| y.as_mut_ptr()).collect());
     // A tile's rows, as bytes of its weight.
     let tile_bytes = |(wi, r): (usize, usize)| {
         let (w, n) = ws[wi];
-        &w[r * row_bytes..(r + TILE.min(n - r)) * row_bytes]
+        &w[r * row_bytes..(r + width.min(n - r)) * row_bytes]
     };
     super::pool::for_ranges(tiles.len(), |range| {
         let out = &out;
-        let mut t = Tile::new(blocks);
+        let mut t = Tile::new(blocks, width);
         let mine = &tiles[range];
         for (i, &(wi, r)) in mine.iter().enumerate() {
             // The next tile's weights are requested now and arrive while
@@ -257,16 +320,18 @@ fn tiled(path: Path, fmt: Format, ws: &[(&[u8], usize)], k: usize, x: &[f32]) ->
                 x86::prefetch(tile_bytes(next));
             }
             let n = ws[wi].1;
-            let rows = TILE.min(n - r);
+            let rows = width.min(n - r);
             let w = tile_bytes((wi, r));
-            // SAFETY: Avx2/Vnni are only chosen when the CPU has their
-            // features; the asserts above give whole blocks and rows; the
-            // tile writes only its own columns r..r+rows of output wi.
+            // SAFETY: a kernel is only chosen when the CPU (and for AMX
+            // the OS) allows it; the asserts above give whole blocks and
+            // rows, and `xq` whole passes; the tile writes only its own
+            // columns r..r+rows of output wi.
             unsafe {
                 let y = out.0[wi].add(r);
-                match path {
-                    Path::Vnni => x86::tile_vnni(fmt, w, rows, row_bytes, &xq, &mut t, y, n, m),
-                    _ => x86::tile_avx2(fmt, w, rows, row_bytes, &xq, &mut t, y, n, m),
+                match kernel {
+                    Kernel::Amx => amx::tile_amx(fmt, w, rows, row_bytes, &xq, &mut t, y, n, m),
+                    Kernel::Vnni => x86::tile_vnni(fmt, w, rows, row_bytes, &xq, &mut t, y, n, m),
+                    Kernel::Avx2 => x86::tile_avx2(fmt, w, rows, row_bytes, &xq, &mut t, y, n, m),
                 }
             }
         }

@@ -1,7 +1,7 @@
 //! The SIMD kernels of `qgemm` (AVX2, AVX-512 VNNI): unpacking a tile,
 //! the GEMM passes, and the activation quantizer.
 
-use super::{BlockQ8, Format, Kind, Tile, QK, TILE, TILE_BLOCK};
+use super::{BlockQ8, Format, Kind, Tile, QK};
 use crate::ops::kquant::q4k_scales;
 use crate::ops::qdot::x86::{lanes_sum, weights};
 use half::f16;
@@ -20,16 +20,18 @@ fn f16_at(p: *const u8) -> f32 {
     f16::from_bits(unsafe { (p as *const u16).read_unaligned() }).to_f32()
 }
 
-/// Stores block `b` of the tile from its eight rows' 32 quants each
-/// (dword g of `r[i]` = quants 4g..4g+4 of row i), transposed so that
-/// vector g holds dword g of every row; applies the format's storage
-/// (Q8_0's shift or |w| and signs, Q6_K's corrections).
+/// Stores rows 8h..8h+8 of block `b` of the tile from their 32 quants
+/// each (dword g of `r[i]` = quants 4g..4g+4 of row 8h + i), transposed so
+/// that vector g (4·width bytes) holds dword g of every row; applies the
+/// format's storage (Q8_0's shift or |w| and signs, Q6_K's corrections).
 #[inline(always)]
 unsafe fn store_transposed<const F: u8, const VNNI: bool>(
-    r: &[__m256i; TILE],
+    r: &[__m256i],
     t: &mut Tile,
     b: usize,
+    h: usize,
 ) {
+    let width = t.rows;
     let t0 = _mm256_unpacklo_epi32(r[0], r[1]);
     let t1 = _mm256_unpackhi_epi32(r[0], r[1]);
     let t2 = _mm256_unpacklo_epi32(r[2], r[3]);
@@ -57,14 +59,14 @@ unsafe fn store_transposed<const F: u8, const VNNI: bool>(
         _mm256_permute2x128_si256(u3, u7, 0x31),
     ];
     let fmt = Format::from_code(F);
-    let q = t.quants.as_mut_ptr().add(b * TILE_BLOCK);
-    let s = t.signs.as_mut_ptr().add(b * TILE_BLOCK);
+    let q = t.quants.as_mut_ptr().add(b * width * QK + 32 * h);
+    let s = t.signs.as_mut_ptr().add(b * width * QK + 32 * h);
     let mut corr = [_mm256_setzero_si256(); 2];
     for (j, v) in g.into_iter().enumerate() {
         let v = match (fmt, VNNI) {
             (Format::Block(Kind::Q8_0), true) => _mm256_xor_si256(v, _mm256_set1_epi8(-128)),
             (Format::Block(Kind::Q8_0), false) => {
-                _mm256_storeu_si256(s.add(j * QK) as *mut __m256i, v);
+                _mm256_storeu_si256(s.add(j * 4 * width) as *mut __m256i, v);
                 _mm256_sign_epi8(v, v)
             }
             (Format::Q6K, _) => {
@@ -78,24 +80,24 @@ unsafe fn store_transposed<const F: u8, const VNNI: bool>(
             }
             _ => v,
         };
-        _mm256_storeu_si256(q.add(j * QK) as *mut __m256i, v);
+        _mm256_storeu_si256(q.add(j * 4 * width) as *mut __m256i, v);
     }
     if fmt == Format::Q6K {
-        let c = t.corr.as_mut_ptr().add(b * 2 * TILE);
+        let c = t.corr.as_mut_ptr().add(b * 2 * width + 8 * h);
         // 128·Σw for each of the two terms, in units of the pair's d:
         // 128·(254 + 1)·Σw.
         let k = _mm256_set1_epi32(128 * (super::RATIO + 1));
         _mm256_storeu_si256(c as *mut __m256i, _mm256_mullo_epi32(corr[0], k));
-        _mm256_storeu_si256(c.add(TILE) as *mut __m256i, _mm256_mullo_epi32(corr[1], k));
+        _mm256_storeu_si256(c.add(width) as *mut __m256i, _mm256_mullo_epi32(corr[1], k));
     }
 }
 
-/// Unpacks `rows` (≤ 8) weight rows at `w` (`row_bytes` apart) into
-/// `t`; missing rows are zeros.
+/// Unpacks `rows` (≤ `t`'s width, 8 or 16) weight rows at `w`
+/// (`row_bytes` apart) into `t`; missing rows are zeros.
 ///
 /// SAFETY: `w` holds `rows` whole rows of `t`'s block count.
 #[inline(always)]
-unsafe fn unpack<const F: u8, const VNNI: bool>(
+pub(super) unsafe fn unpack<const F: u8, const VNNI: bool>(
     w: *const u8,
     rows: usize,
     row_bytes: usize,
@@ -103,13 +105,14 @@ unsafe fn unpack<const F: u8, const VNNI: bool>(
 ) {
     let fmt = Format::from_code(F);
     let bytes = fmt.block_bytes();
+    let width = t.rows;
     // Per stored block: its 32-element blocks' quants, by row.
-    let mut v = [[_mm256_setzero_si256(); TILE]; 8];
+    let mut v = [[_mm256_setzero_si256(); 16]; 8];
     for sb in 0..row_bytes / bytes {
         let per = fmt.block_len() / QK;
-        for i in 0..TILE {
+        for i in 0..width {
             for j in 0..per {
-                let b = (sb * per + j) * TILE + i;
+                let b = (sb * per + j) * width + i;
                 (t.d[b], t.d2[b], t.m[b]) = (0.0, 0.0, 0.0);
             }
             if i >= rows {
@@ -119,7 +122,7 @@ unsafe fn unpack<const F: u8, const VNNI: bool>(
                 continue;
             }
             let p = w.add(i * row_bytes + sb * bytes);
-            let at = |j: usize| (sb * per + j) * TILE + i;
+            let at = |j: usize| (sb * per + j) * width + i;
             match fmt {
                 Format::Block(kind) => {
                     v[0][i] = weights(kind, p);
@@ -176,41 +179,208 @@ unsafe fn unpack<const F: u8, const VNNI: bool>(
             }
         }
         for (j, vj) in v.iter().enumerate().take(fmt.block_len() / QK) {
-            store_transposed::<F, VNNI>(vj, t, sb * (fmt.block_len() / QK) + j);
+            for h in 0..width / 8 {
+                let blk = sb * (fmt.block_len() / QK) + j;
+                store_transposed::<F, VNNI>(&vj[8 * h..8 * h + 8], t, blk, h);
+            }
         }
     }
 }
 
-/// Activation bytes 4g..4g+4 of `x`, in every lane.
-#[inline(always)]
-unsafe fn bcast(x: &BlockQ8, g: usize) -> __m256i {
-    _mm256_set1_epi32((x.qs.as_ptr().add(4 * g) as *const i32).read_unaligned())
+/// The vector operations of one tile width: R weight rows, one i32 or
+/// f32 lane each. `Ymm` (8 rows, AVX2) and `Zmm` (16 rows, AVX-512) run
+/// the same per-lane arithmetic, so they give the same outputs bit for
+/// bit.
+pub(super) trait Lanes {
+    const R: usize;
+    type I: Copy;
+    type F: Copy;
+    unsafe fn zero_i() -> Self::I;
+    unsafe fn zero_f() -> Self::F;
+    unsafe fn load_i(p: *const u8) -> Self::I;
+    unsafe fn load_f(p: *const f32) -> Self::F;
+    unsafe fn set1_i(v: i32) -> Self::I;
+    unsafe fn set1_f(v: f32) -> Self::F;
+    unsafe fn add_i(a: Self::I, b: Self::I) -> Self::I;
+    unsafe fn sub_i(a: Self::I, b: Self::I) -> Self::I;
+    unsafe fn mullo_i(a: Self::I, b: Self::I) -> Self::I;
+    unsafe fn cvt(a: Self::I) -> Self::F;
+    unsafe fn mul_f(a: Self::F, b: Self::F) -> Self::F;
+    unsafe fn add_f(a: Self::F, b: Self::F) -> Self::F;
+    unsafe fn fmadd(a: Self::F, b: Self::F, c: Self::F) -> Self::F;
+    /// `acc` plus the four products per lane of unsigned `a` and signed
+    /// `b`; without VNNI (`Ymm` only) through `maddubs`, with `b`'s signs
+    /// taken from `s` first for Q8_0 (|w| is stored).
+    unsafe fn dot4<const VNNI: bool, const SIGNS: bool>(
+        acc: Self::I,
+        a: Self::I,
+        b: Self::I,
+        s: *const u8,
+    ) -> Self::I;
+    /// The first `rows` lanes of `v` to `dst`.
+    unsafe fn store_f(dst: *mut f32, v: Self::F, rows: usize);
 }
 
-/// `acc` plus the four products per lane of quant vector `w` (signs at
-/// `s`) with activation bytes 4g..4g+4 of `x`. Q6_K's weights are the
-/// signed operand, its activations (offset by 128) the unsigned one.
-#[inline(always)]
-unsafe fn dot4<const F: u8, const VNNI: bool>(
-    acc: __m256i,
-    w: __m256i,
-    s: *const u8,
-    x: &BlockQ8,
-    g: usize,
-) -> __m256i {
-    let fmt = Format::from_code(F);
-    let xv = bcast(x, g);
-    let (a, b) = if fmt == Format::Q6K { (xv, w) } else { (w, xv) };
-    if VNNI {
-        return _mm256_dpbusd_epi32(acc, a, b);
+struct Ymm;
+pub(super) struct Zmm;
+
+impl Lanes for Ymm {
+    const R: usize = 8;
+    type I = __m256i;
+    type F = __m256;
+    #[inline(always)]
+    unsafe fn zero_i() -> __m256i {
+        _mm256_setzero_si256()
     }
-    let b = if fmt == Format::Block(Kind::Q8_0) {
-        _mm256_sign_epi8(b, _mm256_loadu_si256(s as *const __m256i))
-    } else {
-        b
-    };
-    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1));
-    _mm256_add_epi32(acc, p)
+    #[inline(always)]
+    unsafe fn zero_f() -> __m256 {
+        _mm256_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn load_i(p: *const u8) -> __m256i {
+        _mm256_loadu_si256(p as *const __m256i)
+    }
+    #[inline(always)]
+    unsafe fn load_f(p: *const f32) -> __m256 {
+        _mm256_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn set1_i(v: i32) -> __m256i {
+        _mm256_set1_epi32(v)
+    }
+    #[inline(always)]
+    unsafe fn set1_f(v: f32) -> __m256 {
+        _mm256_set1_ps(v)
+    }
+    #[inline(always)]
+    unsafe fn add_i(a: __m256i, b: __m256i) -> __m256i {
+        _mm256_add_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn sub_i(a: __m256i, b: __m256i) -> __m256i {
+        _mm256_sub_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn mullo_i(a: __m256i, b: __m256i) -> __m256i {
+        _mm256_mullo_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn cvt(a: __m256i) -> __m256 {
+        _mm256_cvtepi32_ps(a)
+    }
+    #[inline(always)]
+    unsafe fn mul_f(a: __m256, b: __m256) -> __m256 {
+        _mm256_mul_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn add_f(a: __m256, b: __m256) -> __m256 {
+        _mm256_add_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
+        _mm256_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn dot4<const VNNI: bool, const SIGNS: bool>(
+        acc: __m256i,
+        a: __m256i,
+        b: __m256i,
+        s: *const u8,
+    ) -> __m256i {
+        if VNNI {
+            return _mm256_dpbusd_epi32(acc, a, b);
+        }
+        let b = if SIGNS {
+            _mm256_sign_epi8(b, _mm256_loadu_si256(s as *const __m256i))
+        } else {
+            b
+        };
+        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1));
+        _mm256_add_epi32(acc, p)
+    }
+    #[inline(always)]
+    unsafe fn store_f(dst: *mut f32, v: __m256, rows: usize) {
+        if rows == 8 {
+            _mm256_storeu_ps(dst, v);
+        } else {
+            let mut tmp = [0f32; 8];
+            _mm256_storeu_ps(tmp.as_mut_ptr(), v);
+            std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, rows);
+        }
+    }
+}
+
+impl Lanes for Zmm {
+    const R: usize = 16;
+    type I = __m512i;
+    type F = __m512;
+    #[inline(always)]
+    unsafe fn zero_i() -> __m512i {
+        _mm512_setzero_si512()
+    }
+    #[inline(always)]
+    unsafe fn zero_f() -> __m512 {
+        _mm512_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn load_i(p: *const u8) -> __m512i {
+        _mm512_loadu_si512(p as *const __m512i)
+    }
+    #[inline(always)]
+    unsafe fn load_f(p: *const f32) -> __m512 {
+        _mm512_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn set1_i(v: i32) -> __m512i {
+        _mm512_set1_epi32(v)
+    }
+    #[inline(always)]
+    unsafe fn set1_f(v: f32) -> __m512 {
+        _mm512_set1_ps(v)
+    }
+    #[inline(always)]
+    unsafe fn add_i(a: __m512i, b: __m512i) -> __m512i {
+        _mm512_add_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn sub_i(a: __m512i, b: __m512i) -> __m512i {
+        _mm512_sub_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn mullo_i(a: __m512i, b: __m512i) -> __m512i {
+        _mm512_mullo_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn cvt(a: __m512i) -> __m512 {
+        _mm512_cvtepi32_ps(a)
+    }
+    #[inline(always)]
+    unsafe fn mul_f(a: __m512, b: __m512) -> __m512 {
+        _mm512_mul_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn add_f(a: __m512, b: __m512) -> __m512 {
+        _mm512_add_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: __m512, b: __m512, c: __m512) -> __m512 {
+        _mm512_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn dot4<const VNNI: bool, const SIGNS: bool>(
+        acc: __m512i,
+        a: __m512i,
+        b: __m512i,
+        _s: *const u8,
+    ) -> __m512i {
+        // Only the VNNI entry instantiates 16-row tiles.
+        debug_assert!(VNNI);
+        _mm512_dpbusd_epi32(acc, a, b)
+    }
+    #[inline(always)]
+    unsafe fn store_f(dst: *mut f32, v: __m512, rows: usize) {
+        _mm512_mask_storeu_ps(dst, ((1u32 << rows) - 1) as __mmask16, v);
+    }
 }
 
 /// What the integer lanes count per unit of Σq_x beyond the true dot.
@@ -226,100 +396,128 @@ const fn offset<const VNNI: bool>(fmt: Format) -> i32 {
 /// A prompt row's integer block dot from its two terms' lanes, in units
 /// of its `d`: 254·main + residual (`quantize_pair`).
 #[inline(always)]
-unsafe fn combine(main: __m256i, resid: __m256i) -> __m256i {
-    _mm256_add_epi32(
-        _mm256_mullo_epi32(main, _mm256_set1_epi32(super::RATIO)),
-        resid,
-    )
+unsafe fn combine<L: Lanes>(main: L::I, resid: L::I) -> L::I {
+    L::add_i(L::mullo_i(main, L::set1_i(super::RATIO)), resid)
 }
 
 /// `acc` + f32(sumi)·(d_w·d_x): `qdot`'s tile kernel's float step.
 #[inline(always)]
-unsafe fn scale_add(acc: __m256, sumi: __m256i, d: __m256, xd: f32) -> __m256 {
-    _mm256_fmadd_ps(
-        _mm256_cvtepi32_ps(sumi),
-        _mm256_mul_ps(d, _mm256_set1_ps(xd)),
-        acc,
-    )
+unsafe fn scale_add<L: Lanes>(acc: L::F, sumi: L::I, d: L::F, xd: f32) -> L::F {
+    L::fmadd(L::cvt(sumi), L::mul_f(d, L::set1_f(xd)), acc)
+}
+
+/// One prompt row's block into its outputs: its two terms' integer lanes
+/// combined, the format's offset (`off`·Σq_x) and correction (`corr`)
+/// removed, scaled by d_w·d_x into `acc`; the minimum term m_w·s_x into
+/// `mins`. The float steps of `qdot`'s tile kernel, in its order.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn add_block<const F: u8, const VNNI: bool, L: Lanes>(
+    acc: &mut L::F,
+    mins: &mut L::F,
+    main: L::I,
+    resid: L::I,
+    corr: Option<L::I>,
+    d: L::F,
+    m: L::F,
+    xm: &BlockQ8,
+) {
+    let fmt = Format::from_code(F);
+    let off = offset::<VNNI>(fmt);
+    let mut si = combine::<L>(main, resid);
+    if off != 0 {
+        si = L::sub_i(si, L::set1_i(off * xm.qsum));
+    }
+    if let Some(c) = corr {
+        si = L::sub_i(si, c);
+    }
+    *acc = scale_add::<L>(*acc, si, d, xm.d);
+    if fmt.has_min() {
+        *mins = L::fmadd(m, L::set1_f(xm.s), *mins);
+    }
 }
 
 /// `G` GEMM rows (G/2 prompt rows, each its main term then its
 /// residual; at `x`, `blocks` apart) · the unpacked tile: each prompt
-/// row's eight outputs, its two terms summed, into `out`.
+/// row's R outputs, its two terms summed, into `out`.
 // Index loops over the accumulators keep them in registers (fully
 // unrolled) with nothing between the intrinsics and the target features.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)]
-unsafe fn group_dot<const F: u8, const VNNI: bool, const G: usize>(
+unsafe fn group_dot<const F: u8, const VNNI: bool, const G: usize, L: Lanes>(
     t: &Tile,
     x: *const BlockQ8,
     blocks: usize,
-    out: &mut [__m256; 4],
+    out: &mut [L::F; 4],
 ) {
     let fmt = Format::from_code(F);
-    let off = offset::<VNNI>(fmt);
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut mins = [_mm256_setzero_ps(); 4];
+    let signs = fmt == Format::Block(Kind::Q8_0) && !VNNI;
+    let r = L::R;
+    let mut acc = [L::zero_f(); 4];
+    let mut mins = [L::zero_f(); 4];
     for b in 0..blocks {
-        let q = t.quants.as_ptr().add(b * TILE_BLOCK);
-        let s = t.signs.as_ptr().add(b * TILE_BLOCK);
-        let mut sumi = [_mm256_setzero_si256(); G];
-        let d = _mm256_loadu_ps(t.d.as_ptr().add(b * TILE));
-        let corr = t.corr.as_ptr().add(b * 2 * TILE) as *const __m256i;
-        for g in 0..TILE {
-            if fmt == Format::Q6K && g == TILE / 2 {
+        let q = t.quants.as_ptr().add(b * r * QK);
+        let s = t.signs.as_ptr().add(b * r * QK);
+        let mut sumi = [L::zero_i(); G];
+        let d = L::load_f(t.d.as_ptr().add(b * r));
+        let m = L::load_f(t.m.as_ptr().add(b * r));
+        let corr = t.corr.as_ptr().add(b * 2 * r) as *const u8;
+        for g in 0..QK / 4 {
+            if fmt == Format::Q6K && g == QK / 8 {
                 // The first 16 elements, under their own scale.
-                let c = _mm256_loadu_si256(corr);
+                let c = Some(L::load_i(corr));
                 for p in 0..G / 2 {
                     let xm = &*x.add(2 * p * blocks + b);
-                    let si = _mm256_sub_epi32(combine(sumi[2 * p], sumi[2 * p + 1]), c);
-                    acc[p] = scale_add(acc[p], si, d, xm.d);
+                    let (main, resid) = (sumi[2 * p], sumi[2 * p + 1]);
+                    add_block::<F, VNNI, L>(&mut acc[p], &mut mins[p], main, resid, c, d, m, xm);
                 }
-                sumi = [_mm256_setzero_si256(); G];
+                sumi = [L::zero_i(); G];
             }
-            let w = _mm256_loadu_si256(q.add(g * QK) as *const __m256i);
-            let sg = s.add(g * QK);
-            for r in 0..G {
-                sumi[r] = dot4::<F, VNNI>(sumi[r], w, sg, &*x.add(r * blocks + b), g);
+            let w = L::load_i(q.add(g * 4 * r));
+            let sg = s.add(g * 4 * r);
+            for i in 0..G {
+                // Activation bytes 4g..4g+4 of GEMM row i, in every lane.
+                let xq = &(*x.add(i * blocks + b)).qs;
+                let xv = L::set1_i((xq.as_ptr().add(4 * g) as *const i32).read_unaligned());
+                // Q6_K's weights are the signed operand, its activations
+                // (offset by 128) the unsigned one.
+                sumi[i] = if fmt == Format::Q6K {
+                    L::dot4::<VNNI, false>(sumi[i], xv, w, sg)
+                } else if signs {
+                    L::dot4::<VNNI, true>(sumi[i], w, xv, sg)
+                } else {
+                    L::dot4::<VNNI, false>(sumi[i], w, xv, sg)
+                };
             }
         }
         let (d, c) = if fmt == Format::Q6K {
             (
-                _mm256_loadu_ps(t.d2.as_ptr().add(b * TILE)),
-                _mm256_loadu_si256(corr.add(1)),
+                L::load_f(t.d2.as_ptr().add(b * r)),
+                Some(L::load_i(corr.add(4 * r))),
             )
         } else {
-            (d, _mm256_setzero_si256())
+            (d, None)
         };
-        let m = _mm256_loadu_ps(t.m.as_ptr().add(b * TILE));
         for p in 0..G / 2 {
             let xm = &*x.add(2 * p * blocks + b);
-            let mut si = combine(sumi[2 * p], sumi[2 * p + 1]);
-            if off != 0 {
-                si = _mm256_sub_epi32(si, _mm256_set1_epi32(off * xm.qsum));
-            }
-            if fmt == Format::Q6K {
-                si = _mm256_sub_epi32(si, c);
-            }
-            acc[p] = scale_add(acc[p], si, d, xm.d);
-            if fmt.has_min() {
-                mins[p] = _mm256_fmadd_ps(m, _mm256_set1_ps(xm.s), mins[p]);
-            }
+            let (main, resid) = (sumi[2 * p], sumi[2 * p + 1]);
+            add_block::<F, VNNI, L>(&mut acc[p], &mut mins[p], main, resid, c, d, m, xm);
         }
     }
     for p in 0..G / 2 {
-        out[p] = _mm256_add_ps(acc[p], mins[p]);
+        out[p] = L::add_f(acc[p], mins[p]);
     }
 }
 
-/// One tile (`rows` ≤ 8 weight rows at `w`) against every GEMM row of
+/// One tile (`rows` ≤ R weight rows at `w`) against every GEMM row of
 /// `x` (whole groups of `G`, `blocks` each): prompt row c's outputs go
 /// to `y` + c·n (while c < m), this tile's `rows` columns only.
 ///
-/// SAFETY: `y` holds m rows of n, with the tile's columns inside a row.
+/// SAFETY: `y` holds m rows of n, with the tile's columns inside a row;
+/// `t` is R rows wide.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<const F: u8, const VNNI: bool, const G: usize>(
+unsafe fn tile<const F: u8, const VNNI: bool, const G: usize, L: Lanes>(
     w: &[u8],
     rows: usize,
     row_bytes: usize,
@@ -329,30 +527,24 @@ unsafe fn tile<const F: u8, const VNNI: bool, const G: usize>(
     n: usize,
     m: usize,
 ) {
+    debug_assert_eq!(t.rows, L::R);
     unpack::<F, VNNI>(w.as_ptr(), rows, row_bytes, t);
-    let blocks = t.d.len() / TILE;
-    let mut ys = [_mm256_setzero_ps(); 4];
+    let blocks = t.blocks();
+    let mut ys = [L::zero_f(); 4];
     for (pass, xs) in x.chunks_exact(G * blocks).enumerate() {
-        group_dot::<F, VNNI, G>(t, xs.as_ptr(), blocks, &mut ys);
+        group_dot::<F, VNNI, G, L>(t, xs.as_ptr(), blocks, &mut ys);
         for (p, v) in ys.iter().take(G / 2).enumerate() {
             let c = pass * G / 2 + p;
             if c >= m {
                 break;
             }
-            let dst = y.add(c * n);
-            if rows == TILE {
-                _mm256_storeu_ps(dst, *v);
-            } else {
-                let mut tmp = [0f32; TILE];
-                _mm256_storeu_ps(tmp.as_mut_ptr(), *v);
-                std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, rows);
-            }
+            L::store_f(y.add(c * n), *v, rows);
         }
     }
 }
 
 macro_rules! entry {
-    ($name:ident, $vnni:expr, $g:expr, $features:literal) => {
+    ($name:ident, $vnni:expr, $g:expr, $lanes:ty, $features:literal) => {
         /// SAFETY: the CPU has the target features; `w` holds `rows`
         /// rows of `row_bytes`, whole blocks of `fmt`; `x` is whole
         /// groups of GEMM rows (`GROUP`) of `t`'s 32-element block
@@ -378,21 +570,28 @@ macro_rules! entry {
             const F5: u8 = Format::Q4K.code();
             const F6: u8 = Format::Q6K.code();
             match fmt.code() {
-                F0 => tile::<F0, $vnni, $g>(w, rows, row_bytes, x, t, y, n, m),
-                F1 => tile::<F1, $vnni, $g>(w, rows, row_bytes, x, t, y, n, m),
-                F2 => tile::<F2, $vnni, $g>(w, rows, row_bytes, x, t, y, n, m),
-                F3 => tile::<F3, $vnni, $g>(w, rows, row_bytes, x, t, y, n, m),
-                F4 => tile::<F4, $vnni, $g>(w, rows, row_bytes, x, t, y, n, m),
-                F5 => tile::<F5, $vnni, $g>(w, rows, row_bytes, x, t, y, n, m),
-                _ => tile::<F6, $vnni, $g>(w, rows, row_bytes, x, t, y, n, m),
+                F0 => tile::<F0, $vnni, $g, $lanes>(w, rows, row_bytes, x, t, y, n, m),
+                F1 => tile::<F1, $vnni, $g, $lanes>(w, rows, row_bytes, x, t, y, n, m),
+                F2 => tile::<F2, $vnni, $g, $lanes>(w, rows, row_bytes, x, t, y, n, m),
+                F3 => tile::<F3, $vnni, $g, $lanes>(w, rows, row_bytes, x, t, y, n, m),
+                F4 => tile::<F4, $vnni, $g, $lanes>(w, rows, row_bytes, x, t, y, n, m),
+                F5 => tile::<F5, $vnni, $g, $lanes>(w, rows, row_bytes, x, t, y, n, m),
+                _ => tile::<F6, $vnni, $g, $lanes>(w, rows, row_bytes, x, t, y, n, m),
             }
         }
     };
 }
-// AVX2 has 16 vector registers: 4 GEMM rows a pass; AVX-512VL's 32
-// hold 8, halving the tile's loads per product.
-entry!(tile_avx2, false, 4, "avx2,fma,f16c");
-entry!(tile_vnni, true, 8, "avx2,fma,f16c,avx512vnni,avx512vl");
+// AVX2 has 16 vector registers: 4 GEMM rows a pass on 8-row tiles.
+// AVX-512's 32 hold 8 GEMM rows on 16-row tiles: each `vpdpbusd` does
+// twice the products, and each tile load serves twice the rows.
+entry!(tile_avx2, false, 4, Ymm, "avx2,fma,f16c");
+entry!(
+    tile_vnni,
+    true,
+    8,
+    Zmm,
+    "avx2,fma,f16c,avx512f,avx512vnni,avx512vl"
+);
 
 /// `quantize_pair` in AVX2, bit for bit (the same float operations, in
 /// the same order, lane by lane).
