@@ -9,15 +9,12 @@
 //!   unpacked once and run against all the prompt's rows, activations as two 8-bit terms (~15 bits)
 //! - `kquant`: our Q4_K/Q6_K × f32 kernels for decode (AVX2 or scalar)
 //! - `vecdot`: the other k-quants for decode (candle's SIMD dot products on our pool)
-//! - `amx`: AMX's permission and tile configuration, for `fgemm` and `qgemm`
 //! - `pool`: the one persistent thread pool all of these run on
 //! - `attention`: causal grouped-query attention over the KV cache (prompt and decode rows)
 //!
 //! Own SIMD kernels go here, behind the same functions, each tested against
 //! a scalar reference.
 
-#[cfg(target_arch = "x86_64")]
-pub mod amx;
 pub mod attention;
 pub mod fgemm;
 pub mod gemv;

@@ -20,10 +20,11 @@
 //! k = 3072) is read from memory once and then from L2.
 //!
 //! The tile instructions are written with `asm!`: Rust's AMX intrinsics are
-//! not stable. Permission and configuration: `ops::amx`.
+//! not stable. Linux hands AMX state to a process only after it asks
+//! (`arch_prctl(ARCH_REQ_XCOMP_PERM)`); `available` asks once.
 
-use crate::ops::amx::TileConfig;
 use std::arch::asm;
+use std::sync::OnceLock;
 
 /// k per tile step (32 bf16 = 64 bytes per tile row).
 pub const K_STEP: usize = 32;
@@ -32,9 +33,26 @@ pub const BLOCK: usize = 16;
 /// Bytes of one packed B tile.
 const B_TILE: usize = BLOCK * 64;
 
-/// CPUID and the kernel both allow AMX tiles with bf16.
+/// CPUID and the kernel both allow AMX tiles with bf16 (asked once).
 pub fn available() -> bool {
-    crate::ops::amx::bf16()
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| {
+        // CPUID.(7,0).EDX: bit 22 AMX-BF16, bit 24 AMX-TILE.
+        let ids = std::arch::x86_64::__cpuid_count(7, 0);
+        if ids.edx >> 22 & 1 == 0 || ids.edx >> 24 & 1 == 0 {
+            return false;
+        }
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        // SAFETY: a request for permission; it changes nothing else.
+        unsafe {
+            libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_REQ_XCOMP_PERM,
+                XFEATURE_XTILEDATA,
+            ) == 0
+        }
+    })
 }
 
 /// Prompt rows from which f16 and f32 weights go to AMX: splitting each
@@ -80,6 +98,22 @@ pub fn pack(x: &[u16], m: usize, k: usize, out: &mut Vec<u32>) {
     }
 }
 
+/// Every tile: 16 rows of 64 bytes (palette 1).
+#[repr(C, align(64))]
+struct TileConfig([u8; 64]);
+
+impl TileConfig {
+    fn all_16_by_64() -> Self {
+        let mut c = [0u8; 64];
+        c[0] = 1;
+        for t in 0..8 {
+            c[16 + 2 * t] = 64; // bytes per row (u16, little-endian)
+            c[48 + t] = BLOCK as u8; // rows
+        }
+        TileConfig(c)
+    }
+}
+
 /// The weights as AMX reads them.
 #[derive(Clone, Copy)]
 pub enum Weights<'a> {
@@ -100,7 +134,7 @@ pub enum Weights<'a> {
 /// tiles the packed activations at h0, h1 (hi) and l0, l1 (lo).
 ///
 /// # Safety
-/// Tiles configured as 16 rows of 64 bytes; each pointer has 16 rows
+/// Tiles configured (`TileConfig::all_16_by_64`); each pointer has 16 rows
 /// of 64 bytes at its stride.
 #[inline(always)]
 unsafe fn step(wa: *const u8, wb: *const u8, ws: usize, h: [*const u8; 2], l: [*const u8; 2]) {
@@ -150,9 +184,8 @@ pub unsafe fn run_blocks(
     blocks: std::ops::Range<usize>,
     y: *mut f32,
 ) {
-    (0..8)
-        .fold(TileConfig::new(), |c, t| c.tile(t, BLOCK as u8, 64))
-        .load();
+    let cfg = TileConfig::all_16_by_64();
+    asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
     let steps = k / K_STEP;
     let ws = k * 2; // bytes between weight rows
     let pair_blocks = padded_rows(m) / (2 * BLOCK);
@@ -231,5 +264,5 @@ pub unsafe fn run_blocks(
             }
         }
     }
-    crate::ops::amx::release();
+    asm!("tilerelease", options(nostack, nomem));
 }

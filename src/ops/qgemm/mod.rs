@@ -2,15 +2,16 @@
 //! Q8_0): a quantized GEMM that computes every prompt row exactly as a
 //! decode step would (`qdot`), reading each weight tile once for all rows.
 //!
-//! Per tile of eight weight rows, the blocks are unpacked once into a
-//! scratch buffer laid out for the SIMD units: for each block, eight
-//! vectors of 32 bytes, vector g holding quants 4g..4g+4 of rows 0..8 (one
-//! i32 lane per row). One `vpdpbusd` (VNNI) or `maddubs`+`madd` (AVX2) of
-//! such a vector with activation bytes 4g..4g+4 broadcast adds four
-//! products to each row's lane, so after eight of them lane r holds row
-//! r's exact integer block dot, with no horizontal sums. The tile is then
-//! run against the prompt's rows four at a time; the rows' `d`s scale the
-//! lanes as in `qdot`'s tile kernel.
+//! Per tile of R weight rows (8 on AVX2, 16 in AVX-512's registers), the
+//! blocks are unpacked once into a scratch buffer laid out for the SIMD
+//! units: for each block, eight vectors of 4·R bytes, vector g holding
+//! quants 4g..4g+4 of rows 0..R (one i32 lane per row). One `vpdpbusd`
+//! (VNNI) or `maddubs`+`madd` (AVX2) of such a vector with activation
+//! bytes 4g..4g+4 broadcast adds four products to each row's lane, so
+//! after eight of them lane r holds row r's exact integer block dot, with
+//! no horizontal sums. The tile is then run against the prompt's rows two
+//! (AVX2) or four (AVX-512) at a time; the rows' `d`s scale the lanes as
+//! in `qdot`'s tile kernel.
 //!
 //! Same arithmetic as decode: the activations quantized by
 //! `qdot::quantize_row`, the same exact integer block dots and the same
@@ -27,6 +28,9 @@ use super::qdot::{BlockQ8, Kind, Path, QK};
 use candle_core::quantized::GgmlDType;
 
 /// The tile kernel a call runs.
+/// GEMM rows (two per prompt row) padded to a multiple of the widest pass.
+const GROUP: usize = 8;
+
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kernel {
@@ -34,8 +38,6 @@ enum Kernel {
     Avx2,
     /// `vpdpbusd` on 16-row tiles, 8 GEMM rows a pass.
     Vnni,
-    /// AMX int8 on the same 16-row tiles, 16 GEMM rows a pass.
-    Amx,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -45,7 +47,6 @@ impl Kernel {
         match path {
             Path::Scalar => None,
             Path::Avx2 => Some(Kernel::Avx2),
-            Path::Vnni if crate::ops::amx::int8() => Some(Kernel::Amx),
             Path::Vnni => Some(Kernel::Vnni),
         }
     }
@@ -59,28 +60,17 @@ impl Kernel {
         }
         if Path::detect() == Path::Vnni {
             v.push(Kernel::Vnni);
-            if crate::ops::amx::int8() {
-                v.push(Kernel::Amx);
-            }
         }
         v
     }
 
     /// Weight rows per tile, one i32 lane each: 8 in AVX2 registers, 16 in
     /// AVX-512's (twice the `vpdpbusd` products per instruction; 131 → 244
-    /// G multiply-adds/s on one Xeon core) and in an AMX tile.
+    /// G multiply-adds/s on one Xeon core).
     fn tile_rows(self) -> usize {
         match self {
             Kernel::Avx2 => 8,
-            Kernel::Vnni | Kernel::Amx => 16,
-        }
-    }
-
-    /// GEMM rows (two per prompt row) per pass; padded to a multiple.
-    fn group(self) -> usize {
-        match self {
-            Kernel::Avx2 | Kernel::Vnni => 8,
-            Kernel::Amx => amx::GROUP,
+            Kernel::Vnni => 16,
         }
     }
 }
@@ -184,8 +174,6 @@ impl Tile {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod amx;
-#[cfg(target_arch = "x86_64")]
 mod x86;
 
 /// Residual steps per main step: a block's activations are carried as
@@ -261,7 +249,7 @@ fn tiled(kernel: Kernel, fmt: Format, ws: &[(&[u8], usize)], k: usize, x: &[f32]
     // Every prompt row as two 8-bit rows (`quantize_pair`: row 2i its
     // main term, 2i + 1 the residual), quantized once, spread over the
     // pool; padded with zero rows to whole passes.
-    let padded = (2 * m).div_ceil(kernel.group()) * kernel.group();
+    let padded = (2 * m).div_ceil(GROUP) * GROUP;
     let mut xq = vec![BlockQ8::ZERO; padded * blocks];
     {
         struct Rows(*mut BlockQ8);
@@ -322,14 +310,13 @@ fn tiled(kernel: Kernel, fmt: Format, ws: &[(&[u8], usize)], k: usize, x: &[f32]
             let n = ws[wi].1;
             let rows = width.min(n - r);
             let w = tile_bytes((wi, r));
-            // SAFETY: a kernel is only chosen when the CPU (and for AMX
-            // the OS) allows it; the asserts above give whole blocks and
-            // rows, and `xq` whole passes; the tile writes only its own
-            // columns r..r+rows of output wi.
+            // SAFETY: a kernel is only chosen when the CPU has its
+            // features; the asserts above give whole blocks and rows, and
+            // `xq` whole passes; the tile writes only its own columns
+            // r..r+rows of output wi.
             unsafe {
                 let y = out.0[wi].add(r);
                 match kernel {
-                    Kernel::Amx => amx::tile_amx(fmt, w, rows, row_bytes, &xq, &mut t, y, n, m),
                     Kernel::Vnni => x86::tile_vnni(fmt, w, rows, row_bytes, &xq, &mut t, y, n, m),
                     Kernel::Avx2 => x86::tile_avx2(fmt, w, rows, row_bytes, &xq, &mut t, y, n, m),
                 }

@@ -4,9 +4,9 @@ use super::*;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
-/// Every format on every SIMD kernel (AVX2, AVX-512 VNNI, AMX, as the
-/// CPU has them), several weights at once, the kernels equal bit for
-/// bit; each
+/// Every format on every SIMD kernel the CPU has (AVX2 on 8-row tiles,
+/// AVX-512 VNNI on 16-row ones), several weights at once: the kernels
+/// equal bit for bit, and each
 /// output equals, within 1e-5·Σ|w·x̂|, the f64 dot of the dequantized
 /// weight row with x̂, the two 8-bit terms `quantize_pair` makes (the
 /// integer dots, scales, minimums and offsets are exact; only float
@@ -33,7 +33,7 @@ fn every_format_equals_the_dequantized_dot_within_the_two_term_rounding() {
             (vec![32], 512, 128),
         ];
         if fmt.block_len() == QK {
-            // 19 blocks: AMX's last batch of four blocks holds three.
+            // An odd block count (19).
             shapes.push((vec![33], 608, 3));
         }
         for (ns, k, m) in shapes {
