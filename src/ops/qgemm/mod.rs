@@ -1,25 +1,27 @@
 //! Prompt rows on the 32-element block types (Q4_0, Q4_1, Q5_0, Q5_1,
-//! Q8_0): a quantized GEMM that computes every prompt row exactly as a
-//! decode step would (`qdot`), reading each weight tile once for all rows.
+//! Q8_0) and the k-quants of Q4_K_M files (Q4_K, Q6_K): a quantized GEMM
+//! that reads each weight tile once for all the prompt's rows.
 //!
-//! Per tile of R weight rows (8 on AVX2, 16 in AVX-512's registers), the
-//! blocks are unpacked once into a scratch buffer laid out for the SIMD
-//! units: for each block, eight vectors of 4·R bytes, vector g holding
-//! quants 4g..4g+4 of rows 0..R (one i32 lane per row). One `vpdpbusd`
-//! (VNNI) or `maddubs`+`madd` (AVX2) of such a vector with activation
-//! bytes 4g..4g+4 broadcast adds four products to each row's lane, so
-//! after eight of them lane r holds row r's exact integer block dot, with
-//! no horizontal sums. The tile is then run against the prompt's rows two
-//! (AVX2) or four (AVX-512) at a time; the rows' `d`s scale the lanes as
-//! in `qdot`'s tile kernel.
+//! Activations: each prompt row is quantized once per call, per 32-element
+//! block, into two 8-bit terms (`quantize_pair`, about 15 bits), joined
+//! into one 16-bit integer per element (q = 254·q₁ + q₂). Decode rows
+//! (`qdot`) use one 8-bit term, as llama.cpp does for prompts too.
 //!
-//! Same arithmetic as decode: the activations quantized by
-//! `qdot::quantize_row`, the same exact integer block dots and the same
-//! float operations in the same order, so a prompt row's outputs are bit
-//! for bit those of `qdot::matmul_many` on the same path (tested). It is
-//! not the exact f32 product on the dequantized weight (`ops::matmul`'s
-//! `Precision::Exact`, what `expert perplexity` uses): the activations are
-//! rounded to 8 bits per block, as llama.cpp also does for prompts.
+//! Weights: per tile of R rows (8 on AVX2, 32 on AVX-512), the blocks are
+//! unpacked once into a scratch buffer as signed 16-bit values (the
+//! format's offset taken off), laid out for the SIMD units: for each
+//! block, sixteen groups, group g holding elements 2g, 2g+1 of every row
+//! (one i32 lane per row). One `vpmaddwd` (AVX2) or `vpdpwssd` (AVX-512
+//! VNNI) of such a vector with activation pair g broadcast adds two
+//! products to each row's lane, so after sixteen of them lane r holds row
+//! r's exact integer block dot, with no horizontal sums and no offset or
+//! correction terms. The rows' `d`s then scale the lanes in f32, block by
+//! block, and the minimum terms (Q4_1, Q5_1, Q4_K) are summed apart.
+//!
+//! Every kernel computes the same integers and the same float steps per
+//! lane, so the AVX2 and AVX-512 outputs are equal bit for bit (tested).
+//! It is not the exact f32 product on the dequantized weight
+//! (`ops::matmul`'s `Precision::Exact`, what `expert perplexity` uses).
 
 use super::kquant::QK_K;
 #[cfg(test)]
@@ -28,15 +30,16 @@ use super::qdot::{BlockQ8, Kind, Path, QK};
 use candle_core::quantized::GgmlDType;
 
 /// The tile kernel a call runs.
-/// GEMM rows (two per prompt row) padded to a multiple of the widest pass.
-const GROUP: usize = 8;
+/// Prompt rows padded to a multiple of every kernel's pass (4).
+const GROUP: usize = 4;
 
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kernel {
-    /// `maddubs` on 8-row tiles, 4 GEMM rows a pass.
+    /// `vpmaddwd` on 8-row tiles, 4 prompt rows a pass.
     Avx2,
-    /// `vpdpbusd` on 16-row tiles, 8 GEMM rows a pass.
+    /// `vpdpwssd` on 32-row tiles (two 512-bit registers), 4 prompt rows
+    /// a pass.
     Vnni,
 }
 
@@ -64,13 +67,14 @@ impl Kernel {
         v
     }
 
-    /// Weight rows per tile, one i32 lane each: 8 in AVX2 registers, 16 in
-    /// AVX-512's (twice the `vpdpbusd` products per instruction; 131 → 244
-    /// G multiply-adds/s on one Xeon core).
+    /// Weight rows per tile, one i32 lane each: 8 in an AVX2 register, 32
+    /// in two of AVX-512's (a 512-bit `vpdpwssd` does twice the products of
+    /// a 256-bit one: 131 → 244 G multiply-adds/s on one Xeon core; each
+    /// activation broadcast serves both registers).
     fn tile_rows(self) -> usize {
         match self {
             Kernel::Avx2 => 8,
-            Kernel::Vnni => 16,
+            Kernel::Vnni => 32,
         }
     }
 }
@@ -138,32 +142,26 @@ impl Format {
 }
 
 /// One unpacked tile of `rows` weight rows, per 32-element block: the
-/// interleaved quants
-/// (unsigned for the 4/5-bit kinds and Q4_K; Q8_0's offset by 128 on VNNI,
-/// |w| on AVX2 with the signed weights kept in `signs`; Q6_K's signed), and
-/// the rows' `d`, second `d` (Q6_K's second 16 elements), `m`, and
-/// Q6_K's corrections 128·Σw per 16 elements (its activations are offset
-/// by 128 to go in unsigned).
+/// quants as signed 16-bit values (the format's offset taken off),
+/// interleaved for the SIMD units (vector g holds elements 2g, 2g+1 of
+/// every row, one i32 lane per row); and the rows' `d`, second `d` (Q6_K's
+/// second 16 elements) and `m`.
 struct Tile {
     rows: usize,
     quants: Vec<u8>,
-    signs: Vec<u8>,
     d: Vec<f32>,
     d2: Vec<f32>,
     m: Vec<f32>,
-    corr: Vec<i32>,
 }
 
 impl Tile {
     fn new(blocks: usize, rows: usize) -> Self {
         Self {
             rows,
-            quants: vec![0; blocks * rows * QK],
-            signs: vec![0; blocks * rows * QK],
+            quants: vec![0; blocks * rows * 2 * QK],
             d: vec![0.0; blocks * rows],
             d2: vec![0.0; blocks * rows],
             m: vec![0.0; blocks * rows],
-            corr: vec![0; blocks * 2 * rows],
         }
     }
 
@@ -171,6 +169,25 @@ impl Tile {
     fn blocks(&self) -> usize {
         self.d.len() / self.rows
     }
+}
+
+/// One block of a prompt row's activations as 16-bit integers: the two
+/// 8-bit terms of `quantize_pair` joined, q = 254·q₁ + q₂ (|q| ≤ 32385),
+/// so x ≈ d·q; s = d·Σq (the minimum terms' factor).
+#[derive(Clone, Copy)]
+struct BlockQ16 {
+    d: f32,
+    s: f32,
+    qs: [i16; QK],
+}
+
+impl BlockQ16 {
+    /// A block of zeros (padding rows).
+    const ZERO: Self = Self {
+        d: 0.0,
+        s: 0.0,
+        qs: [0; QK],
+    };
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -246,34 +263,27 @@ fn tiled(kernel: Kernel, fmt: Format, ws: &[(&[u8], usize)], k: usize, x: &[f32]
     assert!(k.is_multiple_of(fmt.block_len()) && x.len().is_multiple_of(k));
     assert!(ws.iter().all(|(w, n)| w.len() == n * row_bytes));
     let m = x.len() / k;
-    // Every prompt row as two 8-bit rows (`quantize_pair`: row 2i its
-    // main term, 2i + 1 the residual), quantized once, spread over the
-    // pool; padded with zero rows to whole passes.
-    let padded = (2 * m).div_ceil(GROUP) * GROUP;
-    let mut xq = vec![BlockQ8::ZERO; padded * blocks];
+    // Every prompt row as 16-bit integers (`quantize_pair`'s two terms
+    // joined), quantized once, spread over the pool; padded with zero rows
+    // to whole passes.
+    let padded = m.div_ceil(GROUP) * GROUP;
+    let mut xq = vec![BlockQ16::ZERO; padded * blocks];
     {
-        struct Rows(*mut BlockQ8);
-        // SAFETY: each row index goes to exactly one thread, and its two
-        // rows are disjoint `blocks`-long chunks of `xq`.
+        struct Rows(*mut BlockQ16);
+        // SAFETY: each row index goes to exactly one thread, and its row
+        // is a disjoint `blocks`-long chunk of `xq`.
         unsafe impl Sync for Rows {}
         let rows = Rows(xq.as_mut_ptr());
         super::pool::for_ranges(m, |range| {
             let rows = &rows;
+            let (mut main, mut resid) = (vec![BlockQ8::ZERO; blocks], vec![BlockQ8::ZERO; blocks]);
             for i in range {
-                // SAFETY: 2i + 1 < 2m ≤ padded: both rows lie inside `xq`.
-                let (main, resid) = unsafe {
-                    (
-                        std::slice::from_raw_parts_mut(rows.0.add(2 * i * blocks), blocks),
-                        std::slice::from_raw_parts_mut(rows.0.add((2 * i + 1) * blocks), blocks),
-                    )
-                };
+                // SAFETY: i < m ≤ padded: the row lies inside `xq`.
+                let out = unsafe { std::slice::from_raw_parts_mut(rows.0.add(i * blocks), blocks) };
                 // SAFETY: `tiled` runs on the SIMD paths only, which have AVX2.
-                unsafe { x86::quantize_pair_avx2(&x[i * k..(i + 1) * k], main, resid) };
-                if fmt == Format::Q6K {
-                    // Q6_K's activations go in as the unsigned operand.
-                    for b in main.iter_mut().chain(resid.iter_mut()) {
-                        b.qs.iter_mut().for_each(|q| *q ^= i8::MIN);
-                    }
+                unsafe {
+                    x86::quantize_pair_avx2(&x[i * k..(i + 1) * k], &mut main, &mut resid);
+                    x86::join_pair(&main, &resid, out);
                 }
             }
         });

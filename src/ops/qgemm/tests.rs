@@ -12,7 +12,7 @@ use candle_core::{Device, Tensor};
 /// integer dots, scales, minimums and offsets are exact; only float
 /// order differs); and the f64 dot with the f32 activations within
 /// their remaining rounding (Σ|w|·d₂/2 per block). Partial tiles (579,
-/// 13, 33 rows), 256- to 3072-wide rows, 1 to 128 prompt rows.
+/// 13, 33, 56 rows), 256- to 3072-wide rows, 1 to 128 prompt rows.
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn every_format_equals_the_dequantized_dot_within_the_two_term_rounding() {
@@ -31,6 +31,8 @@ fn every_format_equals_the_dequantized_dot_within_the_two_term_rounding() {
             (vec![64], 3072, 16),
             (vec![40, 24], 1024, 1),
             (vec![32], 512, 128),
+            // A last tile of 24 rows: half of its second 16-row vector.
+            (vec![56], 256, 3),
         ];
         if fmt.block_len() == QK {
             // An odd block count (19).

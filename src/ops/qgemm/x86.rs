@@ -1,7 +1,7 @@
 //! The SIMD kernels of `qgemm` (AVX2, AVX-512 VNNI): unpacking a tile,
 //! the GEMM passes, and the activation quantizer.
 
-use super::{BlockQ8, Format, Kind, Tile, QK};
+use super::{BlockQ16, BlockQ8, Format, Kind, Tile, QK};
 use crate::ops::kquant::q4k_scales;
 use crate::ops::qdot::x86::{lanes_sum, weights};
 use std::arch::x86_64::*;
@@ -15,7 +15,7 @@ pub fn prefetch(bytes: &[u8]) {
 }
 
 /// The f16 at `p`, widened with F16C in line (`half`'s conversion is a
-/// call per value, 4 % of a prompt's time).
+/// call per value).
 ///
 /// SAFETY: p points at two bytes of a weight block; the caller has F16C.
 #[inline(always)]
@@ -24,18 +24,10 @@ unsafe fn f16_at(p: *const u8) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)))
 }
 
-/// Stores rows 8h..8h+8 of block `b` of the tile from their 32 quants
-/// each (dword g of `r[i]` = quants 4g..4g+4 of row 8h + i), transposed so
-/// that vector g (4·width bytes) holds dword g of every row; applies the
-/// format's storage (Q8_0's shift or |w| and signs, Q6_K's corrections).
+/// Eight rows' eight dwords (`r[i]`, row i), transposed: vector g (dword g
+/// of every row) to `q` + g·4·width, the rows' place in it at + 32·h.
 #[inline(always)]
-unsafe fn store_transposed<const F: u8, const VNNI: bool>(
-    r: &[__m256i],
-    t: &mut Tile,
-    b: usize,
-    h: usize,
-) {
-    let width = t.rows;
+unsafe fn store_transposed(r: &[__m256i], q: *mut u8, width: usize, h: usize) {
     let t0 = _mm256_unpacklo_epi32(r[0], r[1]);
     let t1 = _mm256_unpackhi_epi32(r[0], r[1]);
     let t2 = _mm256_unpacklo_epi32(r[2], r[3]);
@@ -62,38 +54,33 @@ unsafe fn store_transposed<const F: u8, const VNNI: bool>(
         _mm256_permute2x128_si256(u2, u6, 0x31),
         _mm256_permute2x128_si256(u3, u7, 0x31),
     ];
-    let fmt = Format::from_code(F);
-    let q = t.quants.as_mut_ptr().add(b * width * QK + 32 * h);
-    let s = t.signs.as_mut_ptr().add(b * width * QK + 32 * h);
-    let mut corr = [_mm256_setzero_si256(); 2];
     for (j, v) in g.into_iter().enumerate() {
-        let v = match (fmt, VNNI) {
-            (Format::Block(Kind::Q8_0), true) => _mm256_xor_si256(v, _mm256_set1_epi8(-128)),
-            (Format::Block(Kind::Q8_0), false) => {
-                _mm256_storeu_si256(s.add(j * 4 * width) as *mut __m256i, v);
-                _mm256_sign_epi8(v, v)
-            }
-            (Format::Q6K, _) => {
-                // Σw of each row's 4 quants, exact in i32 lanes.
-                let sum = _mm256_madd_epi16(
-                    _mm256_maddubs_epi16(_mm256_set1_epi8(1), v),
-                    _mm256_set1_epi16(1),
-                );
-                corr[j / 4] = _mm256_add_epi32(corr[j / 4], sum);
-                v
-            }
-            _ => v,
-        };
-        _mm256_storeu_si256(q.add(j * 4 * width) as *mut __m256i, v);
+        _mm256_storeu_si256(q.add(j * 4 * width + 32 * h) as *mut __m256i, v);
     }
-    if fmt == Format::Q6K {
-        let c = t.corr.as_mut_ptr().add(b * 2 * width + 8 * h);
-        // 128·Σw for each of the two terms, in units of the pair's d:
-        // 128·(254 + 1)·Σw.
-        let k = _mm256_set1_epi32(128 * (super::RATIO + 1));
-        _mm256_storeu_si256(c as *mut __m256i, _mm256_mullo_epi32(corr[0], k));
-        _mm256_storeu_si256(c.add(width) as *mut __m256i, _mm256_mullo_epi32(corr[1], k));
+}
+
+/// A row's 32 quants of one block (bytes, as the format stores them after
+/// unpacking) as 32 signed i16 values, two vectors of 16: the format's
+/// offset taken off, so that the integer dot needs no correction.
+#[inline(always)]
+unsafe fn widen<const F: u8>(v: __m256i) -> [__m256i; 2] {
+    let fmt = Format::from_code(F);
+    let (lo, hi) = (_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    let signed = matches!(fmt, Format::Block(Kind::Q8_0) | Format::Q6K);
+    let (lo, hi) = if signed {
+        (_mm256_cvtepi8_epi16(lo), _mm256_cvtepi8_epi16(hi))
+    } else {
+        (_mm256_cvtepu8_epi16(lo), _mm256_cvtepu8_epi16(hi))
+    };
+    let off = match fmt {
+        Format::Block(kind) => kind.offset() as i16,
+        Format::Q4K | Format::Q6K => 0,
+    };
+    if off == 0 {
+        return [lo, hi];
     }
+    let o = _mm256_set1_epi16(off);
+    [_mm256_sub_epi16(lo, o), _mm256_sub_epi16(hi, o)]
 }
 
 /// Unpacks `rows` (≤ `t`'s width, 8 or 16) weight rows at `w`
@@ -101,17 +88,12 @@ unsafe fn store_transposed<const F: u8, const VNNI: bool>(
 ///
 /// SAFETY: `w` holds `rows` whole rows of `t`'s block count.
 #[inline(always)]
-unsafe fn unpack<const F: u8, const VNNI: bool>(
-    w: *const u8,
-    rows: usize,
-    row_bytes: usize,
-    t: &mut Tile,
-) {
+unsafe fn unpack<const F: u8>(w: *const u8, rows: usize, row_bytes: usize, t: &mut Tile) {
     let fmt = Format::from_code(F);
     let bytes = fmt.block_bytes();
     let width = t.rows;
     // Per stored block: its 32-element blocks' quants, by row.
-    let mut v = [[_mm256_setzero_si256(); 16]; 8];
+    let mut v = [[_mm256_setzero_si256(); 32]; 8];
     for sb in 0..row_bytes / bytes {
         let per = fmt.block_len() / QK;
         for i in 0..width {
@@ -184,9 +166,17 @@ unsafe fn unpack<const F: u8, const VNNI: bool>(
             }
         }
         for (j, vj) in v.iter().enumerate().take(fmt.block_len() / QK) {
+            let blk = sb * (fmt.block_len() / QK) + j;
+            let q = t.quants.as_mut_ptr().add(blk * width * 2 * QK);
             for h in 0..width / 8 {
-                let blk = sb * (fmt.block_len() / QK) + j;
-                store_transposed::<F, VNNI>(&vj[8 * h..8 * h + 8], t, blk, h);
+                // Each row's pairs 0..8 (elements 0..16) and 8..16.
+                let mut lo = [_mm256_setzero_si256(); 8];
+                let mut hi = [_mm256_setzero_si256(); 8];
+                for r in 0..8 {
+                    [lo[r], hi[r]] = widen::<F>(vj[8 * h + r]);
+                }
+                store_transposed(&lo, q, width, h);
+                store_transposed(&hi, q.add(8 * 4 * width), width, h);
             }
         }
     }
@@ -207,21 +197,13 @@ trait Lanes {
     unsafe fn set1_i(v: i32) -> Self::I;
     unsafe fn set1_f(v: f32) -> Self::F;
     unsafe fn add_i(a: Self::I, b: Self::I) -> Self::I;
-    unsafe fn sub_i(a: Self::I, b: Self::I) -> Self::I;
-    unsafe fn mullo_i(a: Self::I, b: Self::I) -> Self::I;
     unsafe fn cvt(a: Self::I) -> Self::F;
     unsafe fn mul_f(a: Self::F, b: Self::F) -> Self::F;
     unsafe fn add_f(a: Self::F, b: Self::F) -> Self::F;
     unsafe fn fmadd(a: Self::F, b: Self::F, c: Self::F) -> Self::F;
-    /// `acc` plus the four products per lane of unsigned `a` and signed
-    /// `b`; without VNNI (`Ymm` only) through `maddubs`, with `b`'s signs
-    /// taken from `s` first for Q8_0 (|w| is stored).
-    unsafe fn dot4<const VNNI: bool, const SIGNS: bool>(
-        acc: Self::I,
-        a: Self::I,
-        b: Self::I,
-        s: *const u8,
-    ) -> Self::I;
+    /// `acc` plus, per i32 lane, the two products of the i16 pairs of `w`
+    /// and `x` (`vpmaddwd` + add on AVX2, `vpdpwssd` on AVX-512 VNNI).
+    unsafe fn dot2(acc: Self::I, w: Self::I, x: Self::I) -> Self::I;
     /// The first `rows` lanes of `v` to `dst`.
     unsafe fn store_f(dst: *mut f32, v: Self::F, rows: usize);
 }
@@ -262,14 +244,6 @@ impl Lanes for Ymm {
         _mm256_add_epi32(a, b)
     }
     #[inline(always)]
-    unsafe fn sub_i(a: __m256i, b: __m256i) -> __m256i {
-        _mm256_sub_epi32(a, b)
-    }
-    #[inline(always)]
-    unsafe fn mullo_i(a: __m256i, b: __m256i) -> __m256i {
-        _mm256_mullo_epi32(a, b)
-    }
-    #[inline(always)]
     unsafe fn cvt(a: __m256i) -> __m256 {
         _mm256_cvtepi32_ps(a)
     }
@@ -286,22 +260,8 @@ impl Lanes for Ymm {
         _mm256_fmadd_ps(a, b, c)
     }
     #[inline(always)]
-    unsafe fn dot4<const VNNI: bool, const SIGNS: bool>(
-        acc: __m256i,
-        a: __m256i,
-        b: __m256i,
-        s: *const u8,
-    ) -> __m256i {
-        if VNNI {
-            return _mm256_dpbusd_epi32(acc, a, b);
-        }
-        let b = if SIGNS {
-            _mm256_sign_epi8(b, _mm256_loadu_si256(s as *const __m256i))
-        } else {
-            b
-        };
-        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1));
-        _mm256_add_epi32(acc, p)
+    unsafe fn dot2(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
+        _mm256_add_epi32(acc, _mm256_madd_epi16(w, x))
     }
     #[inline(always)]
     unsafe fn store_f(dst: *mut f32, v: __m256, rows: usize) {
@@ -348,14 +308,6 @@ impl Lanes for Zmm {
         _mm512_add_epi32(a, b)
     }
     #[inline(always)]
-    unsafe fn sub_i(a: __m512i, b: __m512i) -> __m512i {
-        _mm512_sub_epi32(a, b)
-    }
-    #[inline(always)]
-    unsafe fn mullo_i(a: __m512i, b: __m512i) -> __m512i {
-        _mm512_mullo_epi32(a, b)
-    }
-    #[inline(always)]
     unsafe fn cvt(a: __m512i) -> __m512 {
         _mm512_cvtepi32_ps(a)
     }
@@ -372,37 +324,13 @@ impl Lanes for Zmm {
         _mm512_fmadd_ps(a, b, c)
     }
     #[inline(always)]
-    unsafe fn dot4<const VNNI: bool, const SIGNS: bool>(
-        acc: __m512i,
-        a: __m512i,
-        b: __m512i,
-        _s: *const u8,
-    ) -> __m512i {
-        // Only the VNNI entry instantiates 16-row tiles.
-        debug_assert!(VNNI);
-        _mm512_dpbusd_epi32(acc, a, b)
+    unsafe fn dot2(acc: __m512i, w: __m512i, x: __m512i) -> __m512i {
+        _mm512_dpwssd_epi32(acc, w, x)
     }
     #[inline(always)]
     unsafe fn store_f(dst: *mut f32, v: __m512, rows: usize) {
         _mm512_mask_storeu_ps(dst, ((1u32 << rows) - 1) as __mmask16, v);
     }
-}
-
-/// What the integer lanes count per unit of Σq_x beyond the true dot.
-#[inline(always)]
-const fn offset<const VNNI: bool>(fmt: Format) -> i32 {
-    match fmt {
-        Format::Block(Kind::Q8_0) if VNNI => 128,
-        Format::Block(kind) => kind.offset(),
-        Format::Q4K | Format::Q6K => 0,
-    }
-}
-
-/// A prompt row's integer block dot from its two terms' lanes, in units
-/// of its `d`: 254·main + residual (`quantize_pair`).
-#[inline(always)]
-unsafe fn combine<L: Lanes>(main: L::I, resid: L::I) -> L::I {
-    L::add_i(L::mullo_i(main, L::set1_i(super::RATIO)), resid)
 }
 
 /// `acc` + f32(sumi)·(d_w·d_x): `qdot`'s tile kernel's float step.
@@ -411,149 +339,135 @@ unsafe fn scale_add<L: Lanes>(acc: L::F, sumi: L::I, d: L::F, xd: f32) -> L::F {
     L::fmadd(L::cvt(sumi), L::mul_f(d, L::set1_f(xd)), acc)
 }
 
-/// One prompt row's block into its outputs: its two terms' integer lanes
-/// combined, the format's offset (`off`·Σq_x) and correction (`corr`)
-/// removed, scaled by d_w·d_x into `acc`; the minimum term m_w·s_x into
-/// `mins`. The float steps of `qdot`'s tile kernel, in its order.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn add_block<const F: u8, const VNNI: bool, L: Lanes>(
-    acc: &mut L::F,
-    mins: &mut L::F,
-    main: L::I,
-    resid: L::I,
-    corr: Option<L::I>,
-    d: L::F,
-    m: L::F,
-    xm: &BlockQ8,
-) {
-    let fmt = Format::from_code(F);
-    let off = offset::<VNNI>(fmt);
-    let mut si = combine::<L>(main, resid);
-    if off != 0 {
-        si = L::sub_i(si, L::set1_i(off * xm.qsum));
-    }
-    if let Some(c) = corr {
-        si = L::sub_i(si, c);
-    }
-    *acc = scale_add::<L>(*acc, si, d, xm.d);
-    if fmt.has_min() {
-        *mins = L::fmadd(m, L::set1_f(xm.s), *mins);
-    }
-}
-
-/// `G` GEMM rows (G/2 prompt rows, each its main term then its
-/// residual; at `x`, `blocks` apart) · the unpacked tile: each prompt
-/// row's R outputs, its two terms summed, into `out`.
+/// `P` prompt rows (at `x`, `blocks` apart) · the unpacked tile of H·R
+/// rows: each prompt row's outputs, H vectors of R, into `out`.
 // Index loops over the accumulators keep them in registers (fully
 // unrolled) with nothing between the intrinsics and the target features.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)]
-unsafe fn group_dot<const F: u8, const VNNI: bool, const G: usize, L: Lanes>(
+unsafe fn group_dot<const F: u8, const P: usize, const H: usize, L: Lanes>(
     t: &Tile,
-    x: *const BlockQ8,
+    x: *const BlockQ16,
     blocks: usize,
-    out: &mut [L::F; 4],
+    out: &mut [[L::F; H]; P],
 ) {
     let fmt = Format::from_code(F);
-    let signs = fmt == Format::Block(Kind::Q8_0) && !VNNI;
-    let r = L::R;
-    let mut acc = [L::zero_f(); 4];
-    let mut mins = [L::zero_f(); 4];
+    let width = H * L::R;
+    let mut acc = [[L::zero_f(); H]; P];
+    let mut mins = [[L::zero_f(); H]; P];
+    // Activation pair g (elements 2g, 2g+1) of prompt row p, in every lane.
+    let pair = |p: usize, b: usize, g: usize| {
+        let xq = (*x.add(p * blocks + b)).qs.as_ptr().add(2 * g) as *const i32;
+        L::set1_i(xq.read_unaligned())
+    };
     for b in 0..blocks {
-        let q = t.quants.as_ptr().add(b * r * QK);
-        let s = t.signs.as_ptr().add(b * r * QK);
-        let mut sumi = [L::zero_i(); G];
-        let d = L::load_f(t.d.as_ptr().add(b * r));
-        let m = L::load_f(t.m.as_ptr().add(b * r));
-        let corr = t.corr.as_ptr().add(b * 2 * r) as *const u8;
-        for g in 0..QK / 4 {
-            if fmt == Format::Q6K && g == QK / 8 {
+        let q = t.quants.as_ptr().add(b * width * 2 * QK);
+        // Even and odd pairs summed apart: two chains per row, so that
+        // `vpdpwssd`'s latency (5 cycles) does not bound its throughput.
+        let mut even = [[L::zero_i(); H]; P];
+        let mut odd = [[L::zero_i(); H]; P];
+        let d = |h: usize| L::load_f(t.d.as_ptr().add(b * width + h * L::R));
+        for g in (0..QK / 2).step_by(2) {
+            if fmt == Format::Q6K && g == QK / 4 {
                 // The first 16 elements, under their own scale.
-                let c = Some(L::load_i(corr));
-                for p in 0..G / 2 {
-                    let xm = &*x.add(2 * p * blocks + b);
-                    let (main, resid) = (sumi[2 * p], sumi[2 * p + 1]);
-                    add_block::<F, VNNI, L>(&mut acc[p], &mut mins[p], main, resid, c, d, m, xm);
+                for p in 0..P {
+                    let xb = &*x.add(p * blocks + b);
+                    for h in 0..H {
+                        let si = L::add_i(even[p][h], odd[p][h]);
+                        acc[p][h] = scale_add::<L>(acc[p][h], si, d(h), xb.d);
+                    }
                 }
-                sumi = [L::zero_i(); G];
+                (even, odd) = ([[L::zero_i(); H]; P], [[L::zero_i(); H]; P]);
             }
-            let w = L::load_i(q.add(g * 4 * r));
-            let sg = s.add(g * 4 * r);
-            for i in 0..G {
-                // Activation bytes 4g..4g+4 of GEMM row i, in every lane.
-                let xq = &(*x.add(i * blocks + b)).qs;
-                let xv = L::set1_i((xq.as_ptr().add(4 * g) as *const i32).read_unaligned());
-                // Q6_K's weights are the signed operand, its activations
-                // (offset by 128) the unsigned one.
-                sumi[i] = if fmt == Format::Q6K {
-                    L::dot4::<VNNI, false>(sumi[i], xv, w, sg)
-                } else if signs {
-                    L::dot4::<VNNI, true>(sumi[i], w, xv, sg)
-                } else {
-                    L::dot4::<VNNI, false>(sumi[i], w, xv, sg)
-                };
+            let mut w0 = [L::zero_i(); H];
+            let mut w1 = [L::zero_i(); H];
+            for h in 0..H {
+                w0[h] = L::load_i(q.add(g * 4 * width + h * 4 * L::R));
+                w1[h] = L::load_i(q.add((g + 1) * 4 * width + h * 4 * L::R));
+            }
+            for p in 0..P {
+                let (x0, x1) = (pair(p, b, g), pair(p, b, g + 1));
+                for h in 0..H {
+                    even[p][h] = L::dot2(even[p][h], w0[h], x0);
+                    odd[p][h] = L::dot2(odd[p][h], w1[h], x1);
+                }
             }
         }
-        let (d, c) = if fmt == Format::Q6K {
-            (
-                L::load_f(t.d2.as_ptr().add(b * r)),
-                Some(L::load_i(corr.add(4 * r))),
+        let d = |h: usize| {
+            let at = b * width + h * L::R;
+            L::load_f(
+                if fmt == Format::Q6K {
+                    t.d2.as_ptr()
+                } else {
+                    t.d.as_ptr()
+                }
+                .add(at),
             )
-        } else {
-            (d, None)
         };
-        for p in 0..G / 2 {
-            let xm = &*x.add(2 * p * blocks + b);
-            let (main, resid) = (sumi[2 * p], sumi[2 * p + 1]);
-            add_block::<F, VNNI, L>(&mut acc[p], &mut mins[p], main, resid, c, d, m, xm);
+        for p in 0..P {
+            let xb = &*x.add(p * blocks + b);
+            for h in 0..H {
+                let si = L::add_i(even[p][h], odd[p][h]);
+                acc[p][h] = scale_add::<L>(acc[p][h], si, d(h), xb.d);
+                if fmt.has_min() {
+                    let m = L::load_f(t.m.as_ptr().add(b * width + h * L::R));
+                    mins[p][h] = L::fmadd(m, L::set1_f(xb.s), mins[p][h]);
+                }
+            }
         }
     }
-    for p in 0..G / 2 {
-        out[p] = L::add_f(acc[p], mins[p]);
+    for p in 0..P {
+        for h in 0..H {
+            out[p][h] = L::add_f(acc[p][h], mins[p][h]);
+        }
     }
 }
 
-/// One tile (`rows` ≤ R weight rows at `w`) against every GEMM row of
-/// `x` (whole groups of `G`, `blocks` each): prompt row c's outputs go
-/// to `y` + c·n (while c < m), this tile's `rows` columns only.
+/// One tile (`rows` ≤ H·R weight rows at `w`) against every prompt row of
+/// `x` (whole groups of `P`, `blocks` each): prompt row c's outputs go to
+/// `y` + c·n (while c < m), this tile's `rows` columns only.
 ///
 /// SAFETY: `y` holds m rows of n, with the tile's columns inside a row;
-/// `t` is R rows wide.
+/// `t` is H·R rows wide.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<const F: u8, const VNNI: bool, const G: usize, L: Lanes>(
+unsafe fn tile<const F: u8, const P: usize, const H: usize, L: Lanes>(
     w: &[u8],
     rows: usize,
     row_bytes: usize,
-    x: &[BlockQ8],
+    x: &[BlockQ16],
     t: &mut Tile,
     y: *mut f32,
     n: usize,
     m: usize,
 ) {
-    debug_assert_eq!(t.rows, L::R);
-    unpack::<F, VNNI>(w.as_ptr(), rows, row_bytes, t);
+    debug_assert_eq!(t.rows, H * L::R);
+    unpack::<F>(w.as_ptr(), rows, row_bytes, t);
     let blocks = t.blocks();
-    let mut ys = [L::zero_f(); 4];
-    for (pass, xs) in x.chunks_exact(G * blocks).enumerate() {
-        group_dot::<F, VNNI, G, L>(t, xs.as_ptr(), blocks, &mut ys);
-        for (p, v) in ys.iter().take(G / 2).enumerate() {
-            let c = pass * G / 2 + p;
+    let mut ys = [[L::zero_f(); H]; P];
+    for (pass, xs) in x.chunks_exact(P * blocks).enumerate() {
+        group_dot::<F, P, H, L>(t, xs.as_ptr(), blocks, &mut ys);
+        for (p, v) in ys.iter().enumerate() {
+            let c = pass * P + p;
             if c >= m {
                 break;
             }
-            L::store_f(y.add(c * n), *v, rows);
+            for (h, v) in v.iter().enumerate() {
+                let done = h * L::R;
+                if done < rows {
+                    L::store_f(y.add(c * n + done), *v, (rows - done).min(L::R));
+                }
+            }
         }
     }
 }
 
 macro_rules! entry {
-    ($name:ident, $vnni:expr, $g:expr, $lanes:ty, $features:literal) => {
+    ($name:ident, $p:expr, $h:expr, $lanes:ty, $features:literal) => {
         /// SAFETY: the CPU has the target features; `w` holds `rows`
         /// rows of `row_bytes`, whole blocks of `fmt`; `x` is whole
-        /// groups of GEMM rows (`GROUP`) of `t`'s 32-element block
-        /// count; `y` holds m rows of n with the tile's columns inside.
+        /// groups of `PASS` prompt rows of `t`'s 32-element block count;
+        /// `y` holds m rows of n with the tile's columns inside.
         #[target_feature(enable = $features)]
         #[allow(clippy::too_many_arguments)]
         pub(super) unsafe fn $name(
@@ -561,7 +475,7 @@ macro_rules! entry {
             w: &[u8],
             rows: usize,
             row_bytes: usize,
-            x: &[BlockQ8],
+            x: &[BlockQ16],
             t: &mut Tile,
             y: *mut f32,
             n: usize,
@@ -575,28 +489,49 @@ macro_rules! entry {
             const F5: u8 = Format::Q4K.code();
             const F6: u8 = Format::Q6K.code();
             match fmt.code() {
-                F0 => tile::<F0, $vnni, $g, $lanes>(w, rows, row_bytes, x, t, y, n, m),
-                F1 => tile::<F1, $vnni, $g, $lanes>(w, rows, row_bytes, x, t, y, n, m),
-                F2 => tile::<F2, $vnni, $g, $lanes>(w, rows, row_bytes, x, t, y, n, m),
-                F3 => tile::<F3, $vnni, $g, $lanes>(w, rows, row_bytes, x, t, y, n, m),
-                F4 => tile::<F4, $vnni, $g, $lanes>(w, rows, row_bytes, x, t, y, n, m),
-                F5 => tile::<F5, $vnni, $g, $lanes>(w, rows, row_bytes, x, t, y, n, m),
-                _ => tile::<F6, $vnni, $g, $lanes>(w, rows, row_bytes, x, t, y, n, m),
+                F0 => tile::<F0, $p, $h, $lanes>(w, rows, row_bytes, x, t, y, n, m),
+                F1 => tile::<F1, $p, $h, $lanes>(w, rows, row_bytes, x, t, y, n, m),
+                F2 => tile::<F2, $p, $h, $lanes>(w, rows, row_bytes, x, t, y, n, m),
+                F3 => tile::<F3, $p, $h, $lanes>(w, rows, row_bytes, x, t, y, n, m),
+                F4 => tile::<F4, $p, $h, $lanes>(w, rows, row_bytes, x, t, y, n, m),
+                F5 => tile::<F5, $p, $h, $lanes>(w, rows, row_bytes, x, t, y, n, m),
+                _ => tile::<F6, $p, $h, $lanes>(w, rows, row_bytes, x, t, y, n, m),
             }
         }
     };
 }
-// AVX2 has 16 vector registers: 4 GEMM rows a pass on 8-row tiles.
-// AVX-512's 32 hold 8 GEMM rows on 16-row tiles: each `vpdpbusd` does
-// twice the products, and each tile load serves twice the rows.
-entry!(tile_avx2, false, 4, Ymm, "avx2,fma,f16c");
+// AVX2 has 16 vector registers: 4 prompt rows a pass on 8-row tiles.
+// AVX-512's 32 hold 8 prompt rows on 16-row tiles: each `vpdpwssd` does
+// twice the products of a 256-bit `vpmaddwd`, and each tile load serves
+// twice the rows.
+entry!(tile_avx2, 4, 1, Ymm, "avx2,fma,f16c");
 entry!(
     tile_vnni,
-    true,
-    8,
+    4,
+    2,
     Zmm,
     "avx2,fma,f16c,avx512f,avx512vnni,avx512vl"
 );
+
+/// Each block of a prompt row's two 8-bit terms (`quantize_pair`) as one
+/// 16-bit row: q = 254·q₁ + q₂ (|q| ≤ 32385), with the pair's d and s.
+///
+/// SAFETY: the CPU has AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn join_pair(main: &[BlockQ8], resid: &[BlockQ8], out: &mut [BlockQ16]) {
+    let ratio = _mm256_set1_epi16(super::RATIO as i16);
+    for ((a, b), o) in main.iter().zip(resid).zip(out) {
+        for h in 0..2 {
+            let q1 =
+                _mm256_cvtepi8_epi16(_mm_loadu_si128(a.qs.as_ptr().add(16 * h) as *const __m128i));
+            let q2 =
+                _mm256_cvtepi8_epi16(_mm_loadu_si128(b.qs.as_ptr().add(16 * h) as *const __m128i));
+            let q = _mm256_add_epi16(_mm256_mullo_epi16(q1, ratio), q2);
+            _mm256_storeu_si256(o.qs.as_mut_ptr().add(16 * h) as *mut __m256i, q);
+        }
+        (o.d, o.s) = (a.d, a.s);
+    }
+}
 
 /// `quantize_pair` in AVX2, bit for bit (the same float operations, in
 /// the same order, lane by lane).
