@@ -5,7 +5,9 @@
 //! Same arithmetic as the AVX-512 BF16 tile: each activation is carried as
 //! two bf16 terms (hi + lo), every product is exact in f32 and summed in f32.
 //! f16 and f32 weights (generation only) are split per 32-row block into
-//! two and three bf16 terms, exactly, and each term runs like a bf16 weight.
+//! two and three bf16 terms, exactly, and each term runs like a bf16 weight,
+//! except that f32's third term skips the lo activation term (that product
+//! is at most 2⁻²⁴ of |w·x|, f32's own rounding).
 //!
 //! Roles (C += A·B in AMX's terms):
 //! - A: 16 weight rows × 32 k, read straight from W (row-major along k);

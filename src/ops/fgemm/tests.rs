@@ -185,8 +185,10 @@ fn bf16_weights_equal_the_two_term_product_and_nearly_the_f32_one() {
                 2e-5,
             );
             // f16 and f32 weights on AMX: each split exactly into two (three)
-            // bf16 terms, so the same two-term product on the weight; with
-            // fewer prompt rows than pay for the split, the exact tiles.
+            // bf16 terms, so the same two-term product on the weight (f32's
+            // third term without the lo activation term: at most 2⁻²⁴ of
+            // |w·x|); with fewer prompt rows than pay for the split, the
+            // exact tiles.
             #[cfg(target_arch = "x86_64")]
             if path == Path::Amx && amx::fits(n, k) {
                 let wh: Vec<half::f16> = test_values(n * k, 13 + n as u64)
