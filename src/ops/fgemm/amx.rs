@@ -133,46 +133,20 @@ pub enum Weights<'a> {
 
 /// One k step: C[a|b][0|1] += A[a|b] · (B hi, then B lo), where the A
 /// tiles are 16 weight rows at `wa`, `wb` (`ws` bytes apart) and the B
-/// tiles the packed activations at h0, h1 (hi) and l0, l1 (lo).
+/// tiles the packed activations at h0, h1 (hi) and l0, l1 (lo; None: the
+/// hi terms only).
 ///
 /// # Safety
 /// Tiles configured (`TileConfig::all_16_by_64`); each pointer has 16 rows
 /// of 64 bytes at its stride.
 #[inline(always)]
-unsafe fn step(wa: *const u8, wb: *const u8, ws: usize, h: [*const u8; 2], l: [*const u8; 2]) {
-    asm!(
-        "tileloadd tmm4, [{wa} + {ws}*1]",
-        "tileloadd tmm5, [{wb} + {ws}*1]",
-        "tileloadd tmm6, [{h0} + {s}*1]",
-        "tileloadd tmm7, [{h1} + {s}*1]",
-        "tdpbf16ps tmm0, tmm4, tmm6",
-        "tdpbf16ps tmm1, tmm4, tmm7",
-        "tdpbf16ps tmm2, tmm5, tmm6",
-        "tdpbf16ps tmm3, tmm5, tmm7",
-        "tileloadd tmm6, [{l0} + {s}*1]",
-        "tileloadd tmm7, [{l1} + {s}*1]",
-        "tdpbf16ps tmm0, tmm4, tmm6",
-        "tdpbf16ps tmm1, tmm4, tmm7",
-        "tdpbf16ps tmm2, tmm5, tmm6",
-        "tdpbf16ps tmm3, tmm5, tmm7",
-        wa = in(reg) wa,
-        wb = in(reg) wb,
-        ws = in(reg) ws,
-        h0 = in(reg) h[0],
-        h1 = in(reg) h[1],
-        l0 = in(reg) l[0],
-        l1 = in(reg) l[1],
-        s = in(reg) 64usize,
-        options(nostack, readonly)
-    );
-}
-
-/// `step` with the hi activation terms only.
-///
-/// # Safety
-/// As for `step`.
-#[inline(always)]
-unsafe fn step_hi(wa: *const u8, wb: *const u8, ws: usize, h: [*const u8; 2]) {
+unsafe fn step(
+    wa: *const u8,
+    wb: *const u8,
+    ws: usize,
+    h: [*const u8; 2],
+    l: Option<[*const u8; 2]>,
+) {
     asm!(
         "tileloadd tmm4, [{wa} + {ws}*1]",
         "tileloadd tmm5, [{wb} + {ws}*1]",
@@ -190,6 +164,21 @@ unsafe fn step_hi(wa: *const u8, wb: *const u8, ws: usize, h: [*const u8; 2]) {
         s = in(reg) 64usize,
         options(nostack, readonly)
     );
+    // The A tiles stay in tmm4/tmm5 between the two blocks.
+    if let Some(l) = l {
+        asm!(
+            "tileloadd tmm6, [{l0} + {s}*1]",
+            "tileloadd tmm7, [{l1} + {s}*1]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            l0 = in(reg) l[0],
+            l1 = in(reg) l[1],
+            s = in(reg) 64usize,
+            options(nostack, readonly)
+        );
+    }
 }
 
 /// y = x·Wᵀ for the weight rows in `blocks` (units of 32 rows; the last
@@ -254,15 +243,11 @@ pub unsafe fn run_blocks(
                     let wa = first.add(t * term_bytes + j * 64);
                     // A lone last block of 16 rows repeats itself (not stored).
                     let wb = if two { wa.add(BLOCK * ws) } else { wa };
-                    let h = [hp.add(b0 + o), hp.add(b1 + o)];
-                    if t == 2 {
-                        // f32's third weight term (≤ 2⁻¹⁶ of the weight)
-                        // times the lo activation term (≤ 2⁻⁸ of x): at most
-                        // 2⁻²⁴ of |w·x|, f32's own rounding; skipped.
-                        step_hi(wa, wb, ws, h);
-                    } else {
-                        step(wa, wb, ws, h, [lp.add(b0 + o), lp.add(b1 + o)]);
-                    }
+                    // f32's third weight term (≤ 2⁻¹⁶ of the weight) times
+                    // the lo activation term (≤ 2⁻⁸ of x): at most 2⁻²⁴ of
+                    // |w·x|, f32's own rounding; skipped.
+                    let lo = (t < 2).then(|| [lp.add(b0 + o), lp.add(b1 + o)]);
+                    step(wa, wb, ws, [hp.add(b0 + o), hp.add(b1 + o)], lo);
                 }
             }
             asm!(
