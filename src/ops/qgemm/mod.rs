@@ -29,10 +29,10 @@ use super::qdot::round_away;
 use super::qdot::{BlockQ8, Kind, Path, QK};
 use candle_core::quantized::GgmlDType;
 
-/// The tile kernel a call runs.
 /// Prompt rows padded to a multiple of every kernel's pass (4).
 const GROUP: usize = 4;
 
+/// The tile kernel a call runs.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kernel {

@@ -5,7 +5,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
 /// Every format on every SIMD kernel the CPU has (AVX2 on 8-row tiles,
-/// AVX-512 VNNI on 16-row ones), several weights at once: the kernels
+/// AVX-512 VNNI on 32-row ones), several weights at once: the kernels
 /// equal bit for bit, and each
 /// output equals, within 1e-5·Σ|w·x̂|, the f64 dot of the dequantized
 /// weight row with x̂, the two 8-bit terms `quantize_pair` makes (the
@@ -93,7 +93,6 @@ fn every_format_equals_the_dequantized_dot_within_the_two_term_rounding() {
                         }
                     }
                 }
-                let path = kernel;
                 for (wi, &n) in ns.iter().enumerate() {
                     for i in 0..m {
                         for r in 0..n {
@@ -101,7 +100,7 @@ fn every_format_equals_the_dequantized_dot_within_the_two_term_rounding() {
                             let xr = &xh[i * k..(i + 1) * k];
                             let xf = &x[i * k..(i + 1) * k];
                             let y = got[wi][i * n + r] as f64;
-                            let what = format!("{t:?} {path:?} n={n} k={k} m={m} ({i}, {r})");
+                            let what = format!("{t:?} {kernel:?} n={n} k={k} m={m} ({i}, {r})");
                             let dot: f64 = wr.iter().zip(xr).map(|(&w, x)| w as f64 * x).sum();
                             let mag: f64 =
                                 wr.iter().zip(xr).map(|(&w, x)| (w as f64 * x).abs()).sum();
