@@ -295,11 +295,24 @@ impl<'a> GgufSource<'a> {
     }
 }
 
+impl GgufSource<'_> {
+    /// A float tensor as stored, copied out of the mapping by every thread
+    /// of the pool at once on the CPU (`load::copy`).
+    fn float_tensor(&self, name: &str) -> Result<Option<Tensor>> {
+        if !self.device.is_cpu() {
+            return self.file.float_tensor(name, &self.device);
+        }
+        self.file.float_tensor_with(name, |bytes, dtype, shape| {
+            super::copy::float_tensor(bytes, dtype, shape)
+        })
+    }
+}
+
 impl WeightSource for GgufSource<'_> {
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let g = self.resolve(name)?;
         self.check_shape(&g, shape)?;
-        let t = match self.file.float_tensor(&g, &self.device)? {
+        let t = match self.float_tensor(&g)? {
             Some(t) => t,
             None => self
                 .file
@@ -320,7 +333,7 @@ impl WeightSource for GgufSource<'_> {
         // Tied output: llama.cpp multiplies by the (quantized) embedding.
         let g = self.resolve(name)?;
         self.check_shape(&g, shape)?;
-        match self.file.float_tensor(&g, &self.device)? {
+        match self.float_tensor(&g)? {
             Some(t) => Weight::from_float(t, self.dtype),
             None => Weight::from_qtensor(self.file.qtensor(&g, &self.device)?, self.dtype),
         }

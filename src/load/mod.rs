@@ -5,7 +5,9 @@
 //! - `hub`: `--model` → local files (hf-hub cache, offline-aware)
 //! - `safetensors`, `gguf`: the two file formats as `WeightSource`s
 //! - `quantizing`: quantize-at-load, a wrapper over any source
+//! - `copy`: float tensors copied out of a file mapping on every core
 
+pub mod copy;
 pub mod gguf;
 pub mod hub;
 pub mod memory;

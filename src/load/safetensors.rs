@@ -51,11 +51,29 @@ impl SafetensorsSource {
 
     /// `name` in the compute dtype, or with `held`, as [`held_dtype`] keeps it.
     fn load(&self, name: &str, shape: &[usize], held: bool) -> Result<Tensor> {
-        let t = self
+        let view = self
             .ckpt
             .st
-            .load(name, &self.device)
+            .get(name)
             .with_context(|| format!("missing tensor `{name}`"))?;
+        // Float tensors on the CPU: copied on every core (`load::copy`).
+        let float = match view.dtype() {
+            safetensors::Dtype::F32 => Some(DType::F32),
+            safetensors::Dtype::F16 => Some(DType::F16),
+            safetensors::Dtype::BF16 => Some(DType::BF16),
+            _ => None,
+        };
+        let t = match float {
+            Some(dtype) if self.device.is_cpu() => {
+                super::copy::float_tensor(view.data(), dtype, view.shape())
+                    .with_context(|| format!("{}: tensor `{name}`", self.ckpt.file_name(name)))?
+            }
+            _ => self
+                .ckpt
+                .st
+                .load(name, &self.device)
+                .with_context(|| format!("missing tensor `{name}`"))?,
+        };
         if t.dims() != shape {
             bail!(
                 "{}: tensor `{name}`: expected shape {shape:?}, found {:?}",

@@ -365,6 +365,19 @@ impl GgufFile {
     /// Reads an F32, F16 or BF16 tensor as a dense tensor of its stored
     /// dtype, copied once from the mapping; None for other types.
     pub fn float_tensor(&self, name: &str, device: &Device) -> Result<Option<Tensor>> {
+        self.float_tensor_with(name, |bytes, dtype, shape| {
+            Ok(Tensor::from_raw_buffer(bytes, dtype, shape, device)?)
+        })
+    }
+
+    /// `float_tensor` with the copy out of the mapping done by `copy`
+    /// (given the bytes, stored dtype and shape); the mapped pages are
+    /// released after it.
+    pub fn float_tensor_with(
+        &self,
+        name: &str,
+        copy: impl FnOnce(&[u8], DType, &[usize]) -> Result<Tensor>,
+    ) -> Result<Option<Tensor>> {
         let t = self.info_of(name)?;
         let dtype = match t.dtype {
             GgmlDType::F32 => DType::F32,
@@ -372,7 +385,7 @@ impl GgufFile {
             GgmlDType::BF16 => DType::BF16,
             _ => return Ok(None),
         };
-        let x = Tensor::from_raw_buffer(self.bytes(t)?, dtype, &t.shape, device)
+        let x = copy(self.bytes(t)?, dtype, &t.shape)
             .with_context(|| format!("{}: tensor `{name}`", self.path.display()));
         self.release(t);
         x.map(Some)
