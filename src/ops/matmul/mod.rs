@@ -74,8 +74,9 @@ pub enum Precision {
     ///   (`fgemm`, AVX-512 BF16) or AMX tiles; faster than `Exact`'s
     ///   widened f32.
     /// - f16 and f32 weights on AMX: the same two terms, each weight split
-    ///   exactly into two (f16) or three (f32) bf16 terms; other CPUs run
-    ///   the exact f32 product.
+    ///   exactly into two (f16) or three (f32; the third against the hi
+    ///   activation term only) bf16 terms; other CPUs run the exact f32
+    ///   product.
     ///
     /// What generation's prefill uses.
     TwoTerm,
