@@ -86,6 +86,8 @@ pub enum Format {
     Block(Kind),
     /// Per 32 elements: unsigned nibbles, d·sc and −dmin·m (as Q4_1's d, m).
     Q4K,
+    /// Q4_K with a fifth bit per element (0..31).
+    Q5K,
     /// Per 32 elements: signed q − 32, and a scale per 16 elements.
     Q6K,
 }
@@ -94,6 +96,7 @@ impl Format {
     pub fn of(t: GgmlDType) -> Option<Self> {
         match t {
             GgmlDType::Q4K => Some(Format::Q4K),
+            GgmlDType::Q5K => Some(Format::Q5K),
             GgmlDType::Q6K => Some(Format::Q6K),
             t => Kind::of(t).map(Format::Block),
         }
@@ -103,7 +106,7 @@ impl Format {
     const fn block_len(self) -> usize {
         match self {
             Format::Block(_) => QK,
-            Format::Q4K | Format::Q6K => QK_K,
+            Format::Q4K | Format::Q5K | Format::Q6K => QK_K,
         }
     }
 
@@ -111,6 +114,7 @@ impl Format {
         match self {
             Format::Block(kind) => kind.block_bytes(),
             Format::Q4K => 144,
+            Format::Q5K => 176,
             Format::Q6K => 210,
         }
     }
@@ -119,6 +123,7 @@ impl Format {
         match self {
             Format::Block(kind) => kind.code(),
             Format::Q4K => 5,
+            Format::Q5K => 7,
             Format::Q6K => 6,
         }
     }
@@ -126,6 +131,7 @@ impl Format {
     const fn from_code(c: u8) -> Self {
         match c {
             5 => Format::Q4K,
+            7 => Format::Q5K,
             6 => Format::Q6K,
             c => Format::Block(Kind::from_code(c)),
         }
@@ -135,7 +141,7 @@ impl Format {
     const fn has_min(self) -> bool {
         match self {
             Format::Block(kind) => kind.has_min(),
-            Format::Q4K => true,
+            Format::Q4K | Format::Q5K => true,
             Format::Q6K => false,
         }
     }

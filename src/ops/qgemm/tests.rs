@@ -23,6 +23,7 @@ fn every_format_equals_the_dequantized_dot_within_the_two_term_rounding() {
         GgmlDType::Q5_1,
         GgmlDType::Q8_0,
         GgmlDType::Q4K,
+        GgmlDType::Q5K,
         GgmlDType::Q6K,
     ] {
         let fmt = Format::of(t).unwrap();

@@ -74,7 +74,7 @@ unsafe fn widen<const F: u8>(v: __m256i) -> [__m256i; 2] {
     };
     let off = match fmt {
         Format::Block(kind) => kind.offset() as i16,
-        Format::Q4K | Format::Q6K => 0,
+        Format::Q4K | Format::Q5K | Format::Q6K => 0,
     };
     if off == 0 {
         return [lo, hi];
@@ -118,14 +118,34 @@ unsafe fn unpack<const F: u8>(w: *const u8, rows: usize, row_bytes: usize, t: &m
                         t.m[at(0)] = f16_at(p.add(2));
                     }
                 }
-                Format::Q4K => {
+                Format::Q4K | Format::Q5K => {
                     let (d, dmin) = (f16_at(p), f16_at(p.add(2)));
                     let (sc, mn) = q4k_scales(std::slice::from_raw_parts(p.add(4), 12));
                     let m4 = _mm256_set1_epi8(0x0F);
+                    let five = fmt == Format::Q5K;
+                    // Q5_K: 32 bytes of fifth bits before the nibbles; bit
+                    // j of byte l is element l of 32-element block j.
+                    let qs = p.add(if five { 48 } else { 16 });
+                    let hb = _mm256_loadu_si256(p.add(16) as *const __m256i);
+                    // Bits 2c and 2c + 1 of every byte of `hb`, as 16
+                    // (no closure: it would not inherit the target features).
+                    let sixteen = _mm256_set1_epi8(16);
                     for c in 0..4 {
-                        let raw = _mm256_loadu_si256(p.add(16 + 32 * c) as *const __m256i);
-                        v[2 * c][i] = _mm256_and_si256(raw, m4);
-                        v[2 * c + 1][i] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+                        let raw = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
+                        let (mut lo, mut hi) = (
+                            _mm256_and_si256(raw, m4),
+                            _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4),
+                        );
+                        if five {
+                            // Bit 2c moved to bit 4 (16-bit shifts: the
+                            // mask drops what crosses from the next byte).
+                            let at = _mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * c as i32));
+                            let b0 = _mm256_and_si256(_mm256_slli_epi16(at, 4), sixteen);
+                            let b1 = _mm256_and_si256(_mm256_slli_epi16(at, 3), sixteen);
+                            lo = _mm256_or_si256(lo, b0);
+                            hi = _mm256_or_si256(hi, b1);
+                        }
+                        (v[2 * c][i], v[2 * c + 1][i]) = (lo, hi);
                     }
                     for j in 0..8 {
                         t.d[at(j)] = d * sc[j] as f32;
@@ -488,6 +508,7 @@ macro_rules! entry {
             const F4: u8 = Format::Block(Kind::Q8_0).code();
             const F5: u8 = Format::Q4K.code();
             const F6: u8 = Format::Q6K.code();
+            const F7: u8 = Format::Q5K.code();
             match fmt.code() {
                 F0 => tile::<F0, $p, $h, $lanes>(w, rows, row_bytes, x, t, y, n, m),
                 F1 => tile::<F1, $p, $h, $lanes>(w, rows, row_bytes, x, t, y, n, m),
@@ -495,6 +516,7 @@ macro_rules! entry {
                 F3 => tile::<F3, $p, $h, $lanes>(w, rows, row_bytes, x, t, y, n, m),
                 F4 => tile::<F4, $p, $h, $lanes>(w, rows, row_bytes, x, t, y, n, m),
                 F5 => tile::<F5, $p, $h, $lanes>(w, rows, row_bytes, x, t, y, n, m),
+                F7 => tile::<F7, $p, $h, $lanes>(w, rows, row_bytes, x, t, y, n, m),
                 _ => tile::<F6, $p, $h, $lanes>(w, rows, row_bytes, x, t, y, n, m),
             }
         }
