@@ -5,7 +5,7 @@
 //! - `fgemm`: prompt rows on f32, f16 and bf16 weights (AVX-512; bf16 activations as two bf16 terms)
 //! - `qdot`: our Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 × f32 kernels for decode (AVX-512 VNNI, AVX2 or
 //!   scalar, chosen at run time; eight weight rows per tile, weights prefetched)
-//! - `qgemm`: prompt rows on Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q6_K: each weight tile (8 rows on
+//! - `qgemm`: prompt rows on Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q5_K/Q6_K: each weight tile (8 rows on
 //!   AVX2, 32 on AVX-512) unpacked once to 16-bit values and run against all the prompt's rows,
 //!   activations as two 8-bit terms (~15 bits) joined into one 16-bit integer
 //! - `kquant`: our Q4_K/Q6_K × f32 kernels for decode (AVX2 or scalar)

@@ -1,6 +1,7 @@
 //! Prompt rows on the 32-element block types (Q4_0, Q4_1, Q5_0, Q5_1,
-//! Q8_0) and the k-quants of Q4_K_M files (Q4_K, Q6_K): a quantized GEMM
-//! that reads each weight tile once for all the prompt's rows.
+//! Q8_0) and the k-quants of Q4_K_M and Q5_K_M files (Q4_K, Q5_K, Q6_K): a
+//! quantized GEMM that reads each weight tile once for all the prompt's
+//! rows.
 //!
 //! Activations: each prompt row is quantized once per call, per 32-element
 //! block, into two 8-bit terms (`quantize_pair`, about 15 bits), joined
@@ -80,7 +81,8 @@ impl Kernel {
 }
 
 /// The weight types this GEMM takes: `qdot`'s 32-element block kinds, and
-/// the two k-quants of llama.cpp's Q4_K_M files, unpacked per 32 elements.
+/// the k-quants of llama.cpp's Q4_K_M and Q5_K_M files, unpacked per 32
+/// elements.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Format {
     Block(Kind),
