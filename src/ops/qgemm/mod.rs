@@ -33,50 +33,17 @@ use candle_core::quantized::GgmlDType;
 /// Prompt rows padded to a multiple of every kernel's pass (4).
 const GROUP: usize = 4;
 
-/// The tile kernel a call runs.
+/// Weight rows per tile on `path` (the SIMD ones), one i32 lane each: 8 in
+/// an AVX2 register (`vpmaddwd`), 32 in two of AVX-512's (`vpdpwssd`: a
+/// 512-bit one does twice the products of a 256-bit one, 131 → 244 G
+/// multiply-adds/s on one Xeon core; each activation broadcast serves both
+/// registers). Both take 4 prompt rows a pass.
 #[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Kernel {
-    /// `vpmaddwd` on 8-row tiles, 4 prompt rows a pass.
-    Avx2,
-    /// `vpdpwssd` on 32-row tiles (two 512-bit registers), 4 prompt rows
-    /// a pass.
-    Vnni,
-}
-
-#[cfg(target_arch = "x86_64")]
-impl Kernel {
-    /// The fastest kernel for `path` on this CPU; None on the scalar path.
-    fn of(path: Path) -> Option<Self> {
-        match path {
-            Path::Scalar => None,
-            Path::Avx2 => Some(Kernel::Avx2),
-            Path::Vnni => Some(Kernel::Vnni),
-        }
-    }
-
-    /// Every kernel this CPU runs (for the tests).
-    #[cfg(test)]
-    fn available() -> Vec<Self> {
-        let mut v = Vec::new();
-        if matches!(Path::detect(), Path::Avx2 | Path::Vnni) {
-            v.push(Kernel::Avx2);
-        }
-        if Path::detect() == Path::Vnni {
-            v.push(Kernel::Vnni);
-        }
-        v
-    }
-
-    /// Weight rows per tile, one i32 lane each: 8 in an AVX2 register, 32
-    /// in two of AVX-512's (a 512-bit `vpdpwssd` does twice the products of
-    /// a 256-bit one: 131 → 244 G multiply-adds/s on one Xeon core; each
-    /// activation broadcast serves both registers).
-    fn tile_rows(self) -> usize {
-        match self {
-            Kernel::Avx2 => 8,
-            Kernel::Vnni => 32,
-        }
+fn tile_rows(path: Path) -> usize {
+    if path == Path::Vnni {
+        32
+    } else {
+        8
     }
 }
 
@@ -255,15 +222,16 @@ pub fn matmul_many(
     x: &[f32],
 ) -> Option<Vec<Vec<f32>>> {
     #[cfg(target_arch = "x86_64")]
-    if let Some(kernel) = Kernel::of(path) {
-        return Some(tiled(kernel, fmt, ws, k, x));
+    if path != Path::Scalar {
+        return Some(tiled(path, fmt, ws, k, x));
     }
     let _ = (path, fmt, ws, k, x);
     None
 }
 
 #[cfg(target_arch = "x86_64")]
-fn tiled(kernel: Kernel, fmt: Format, ws: &[(&[u8], usize)], k: usize, x: &[f32]) -> Vec<Vec<f32>> {
+/// `matmul_many` on a SIMD path (AVX2 or AVX-512 VNNI).
+fn tiled(path: Path, fmt: Format, ws: &[(&[u8], usize)], k: usize, x: &[f32]) -> Vec<Vec<f32>> {
     let blocks = k / QK;
     let row_bytes = k / fmt.block_len() * fmt.block_bytes();
     // Invariants of a loaded weight (GGUF and quantize-at-load check row
@@ -296,7 +264,7 @@ fn tiled(kernel: Kernel, fmt: Format, ws: &[(&[u8], usize)], k: usize, x: &[f32]
             }
         });
     }
-    let width = kernel.tile_rows();
+    let width = tile_rows(path);
     let tiles: Vec<(usize, usize)> = ws
         .iter()
         .enumerate()
@@ -328,15 +296,15 @@ fn tiled(kernel: Kernel, fmt: Format, ws: &[(&[u8], usize)], k: usize, x: &[f32]
             let n = ws[wi].1;
             let rows = width.min(n - r);
             let w = tile_bytes((wi, r));
-            // SAFETY: a kernel is only chosen when the CPU has its
+            // SAFETY: Avx2/Vnni are only chosen when the CPU has their
             // features; the asserts above give whole blocks and rows, and
             // `xq` whole passes; the tile writes only its own columns
             // r..r+rows of output wi.
             unsafe {
                 let y = out.0[wi].add(r);
-                match kernel {
-                    Kernel::Vnni => x86::tile_vnni(fmt, w, rows, row_bytes, &xq, &mut t, y, n, m),
-                    Kernel::Avx2 => x86::tile_avx2(fmt, w, rows, row_bytes, &xq, &mut t, y, n, m),
+                match path {
+                    Path::Vnni => x86::tile_vnni(fmt, w, rows, row_bytes, &xq, &mut t, y, n, m),
+                    _ => x86::tile_avx2(fmt, w, rows, row_bytes, &xq, &mut t, y, n, m),
                 }
             }
         }
