@@ -116,6 +116,12 @@ impl Format {
     }
 }
 
+/// 64 bytes on a cache line: the unpacked weights are read as whole
+/// 512-bit vectors, and one that straddles two lines costs two loads.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
 /// One unpacked tile of `rows` weight rows, per 32-element block: the
 /// quants as signed 16-bit values (the format's offset taken off),
 /// interleaved for the SIMD units (vector g holds elements 2g, 2g+1 of
@@ -123,7 +129,7 @@ impl Format {
 /// second 16 elements) and `m`.
 struct Tile {
     rows: usize,
-    quants: Vec<u8>,
+    quants: Vec<Line>,
     d: Vec<f32>,
     d2: Vec<f32>,
     m: Vec<f32>,
@@ -133,7 +139,7 @@ impl Tile {
     fn new(blocks: usize, rows: usize) -> Self {
         Self {
             rows,
-            quants: vec![0; blocks * rows * 2 * QK],
+            quants: vec![Line([0; 64]); blocks * rows * 2 * QK / 64],
             d: vec![0.0; blocks * rows],
             d2: vec![0.0; blocks * rows],
             m: vec![0.0; blocks * rows],

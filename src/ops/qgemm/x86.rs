@@ -187,7 +187,7 @@ unsafe fn unpack<const F: u8>(w: *const u8, rows: usize, row_bytes: usize, t: &m
         }
         for (j, vj) in v.iter().enumerate().take(fmt.block_len() / QK) {
             let blk = sb * (fmt.block_len() / QK) + j;
-            let q = t.quants.as_mut_ptr().add(blk * width * 2 * QK);
+            let q = (t.quants.as_mut_ptr() as *mut u8).add(blk * width * 2 * QK);
             for h in 0..width / 8 {
                 // Each row's pairs 0..8 (elements 0..16) and 8..16.
                 let mut lo = [_mm256_setzero_si256(); 8];
@@ -219,7 +219,6 @@ trait Lanes {
     unsafe fn add_i(a: Self::I, b: Self::I) -> Self::I;
     unsafe fn cvt(a: Self::I) -> Self::F;
     unsafe fn mul_f(a: Self::F, b: Self::F) -> Self::F;
-    unsafe fn add_f(a: Self::F, b: Self::F) -> Self::F;
     unsafe fn fmadd(a: Self::F, b: Self::F, c: Self::F) -> Self::F;
     /// `acc` plus, per i32 lane, the two products of the i16 pairs of `w`
     /// and `x` (`vpmaddwd` + add on AVX2, `vpdpwssd` on AVX-512 VNNI).
@@ -270,10 +269,6 @@ impl Lanes for Ymm {
     #[inline(always)]
     unsafe fn mul_f(a: __m256, b: __m256) -> __m256 {
         _mm256_mul_ps(a, b)
-    }
-    #[inline(always)]
-    unsafe fn add_f(a: __m256, b: __m256) -> __m256 {
-        _mm256_add_ps(a, b)
     }
     #[inline(always)]
     unsafe fn fmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
@@ -336,10 +331,6 @@ impl Lanes for Zmm {
         _mm512_mul_ps(a, b)
     }
     #[inline(always)]
-    unsafe fn add_f(a: __m512, b: __m512) -> __m512 {
-        _mm512_add_ps(a, b)
-    }
-    #[inline(always)]
     unsafe fn fmadd(a: __m512, b: __m512, c: __m512) -> __m512 {
         _mm512_fmadd_ps(a, b, c)
     }
@@ -374,14 +365,13 @@ unsafe fn group_dot<const F: u8, const P: usize, const H: usize, L: Lanes>(
     let fmt = Format::from_code(F);
     let width = H * L::R;
     let mut acc = [[L::zero_f(); H]; P];
-    let mut mins = [[L::zero_f(); H]; P];
     // Activation pair g (elements 2g, 2g+1) of prompt row p, in every lane.
     let pair = |p: usize, b: usize, g: usize| {
         let xq = (*x.add(p * blocks + b)).qs.as_ptr().add(2 * g) as *const i32;
         L::set1_i(xq.read_unaligned())
     };
     for b in 0..blocks {
-        let q = t.quants.as_ptr().add(b * width * 2 * QK);
+        let q = (t.quants.as_ptr() as *const u8).add(b * width * 2 * QK);
         // Even and odd pairs summed apart: two chains per row, so that
         // `vpdpwssd`'s latency (5 cycles) does not bound its throughput.
         let mut even = [[L::zero_i(); H]; P];
@@ -430,15 +420,16 @@ unsafe fn group_dot<const F: u8, const P: usize, const H: usize, L: Lanes>(
                 let si = L::add_i(even[p][h], odd[p][h]);
                 acc[p][h] = scale_add::<L>(acc[p][h], si, d(h), xb.d);
                 if fmt.has_min() {
+                    // The minimum term, m·d_x·Σq, into the same sum.
                     let m = L::load_f(t.m.as_ptr().add(b * width + h * L::R));
-                    mins[p][h] = L::fmadd(m, L::set1_f(xb.s), mins[p][h]);
+                    acc[p][h] = L::fmadd(m, L::set1_f(xb.s), acc[p][h]);
                 }
             }
         }
     }
     for p in 0..P {
         for h in 0..H {
-            out[p][h] = L::add_f(acc[p][h], mins[p][h]);
+            out[p][h] = acc[p][h];
         }
     }
 }
