@@ -25,6 +25,7 @@
 //! not stable. Linux hands AMX state to a process only after it asks
 //! (`arch_prctl(ARCH_REQ_XCOMP_PERM)`); `available` asks once.
 
+use crate::ops::Lines;
 use std::arch::asm;
 use std::sync::OnceLock;
 
@@ -81,11 +82,10 @@ pub fn padded_rows(m: usize) -> usize {
 /// tiles: block (b, j) holds prompt rows 16b..16b+16 and k = 32j..32j+32,
 /// at u32 index ((b · k/32 + j) · 16 + kk) · 16 + r = the pair
 /// (x[16b+r][32j+2kk], x[16b+r][32j+2kk+1]). Rows past m are zero.
-pub fn pack(x: &[u16], m: usize, k: usize, out: &mut Vec<u32>) {
+pub fn pack(x: &[u16], m: usize, k: usize, out: &mut Lines) {
     let rows = padded_rows(m);
     let steps = k / K_STEP;
-    out.clear();
-    out.resize(rows * k / 2, 0);
+    let out = out.zeroed::<u32>(rows * k / 2);
     for b in 0..rows / BLOCK {
         for r in 0..BLOCK.min(m.saturating_sub(b * BLOCK)) {
             let src = &x[(b * BLOCK + r) * k..(b * BLOCK + r + 1) * k];
@@ -207,7 +207,8 @@ pub unsafe fn run_blocks(
     let pair_blocks = padded_rows(m) / (2 * BLOCK);
     let mut c = [0f32; 4 * BLOCK * BLOCK];
     // f16 and f32: the block's rows split into bf16 terms, term by term.
-    let mut split = Vec::new();
+    // On whole cache lines: each 64-byte tile row is then one line.
+    let mut split = Lines::default();
     for blk in blocks {
         let n0 = blk * 2 * BLOCK;
         let two = n0 + BLOCK < n;
@@ -218,11 +219,11 @@ pub unsafe fn run_blocks(
             Weights::Bf16(w) => (w.as_ptr().add(n0 * k) as *const u8, 1),
             Weights::F16(w) => {
                 super::x86::split_f16_in_2(&w[n0 * k..(n0 + rows) * k], &mut split);
-                (split.as_ptr() as *const u8, 2)
+                (split.get::<u16>().as_ptr() as *const u8, 2)
             }
             Weights::F32(w) => {
                 super::x86::split_f32_in_3(&w[n0 * k..(n0 + rows) * k], &mut split);
-                (split.as_ptr() as *const u8, 3)
+                (split.get::<u16>().as_ptr() as *const u8, 3)
             }
         };
         let term_bytes = rows * ws;

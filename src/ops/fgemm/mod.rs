@@ -42,6 +42,7 @@ mod x86;
 
 use super::gemv::Rows;
 use super::pool;
+use super::Lines;
 
 /// Prompt rows × weight rows per f32 tile (of 32 vector registers: 16
 /// accumulators, 4 activation vectors, a weight vector).
@@ -113,8 +114,9 @@ impl Path {
 struct SplitBf16 {
     pub hi: Vec<u16>,
     pub lo: Vec<u16>,
-    pub packed_hi: Vec<u32>,
-    pub packed_lo: Vec<u32>,
+    /// On whole cache lines: each 64-byte tile row is then one line.
+    pub packed_hi: Lines,
+    pub packed_lo: Lines,
 }
 
 thread_local! {
@@ -177,7 +179,7 @@ pub fn matmul(
                 amx::pack(&s.hi, m, k, &mut s.packed_hi);
                 amx::pack(&s.lo, m, k, &mut s.packed_lo);
                 let out = Out(y.as_mut_ptr());
-                let (hi, lo) = (&s.packed_hi, &s.packed_lo);
+                let (hi, lo) = (s.packed_hi.get::<u32>(), s.packed_lo.get::<u32>());
                 pool::for_ranges(n.div_ceil(2 * amx::BLOCK), |blocks| {
                     let out = &out;
                     // SAFETY: AMX and AVX-512 BF16 are available (the

@@ -228,8 +228,10 @@ fn bf16_weights_equal_the_two_term_product_and_nearly_the_f32_one() {
 fn amx_packing_puts_each_pair_in_its_tile_row() {
     let (m, k) = (19, 96);
     let x: Vec<u16> = (0..m * k).map(|i| i as u16).collect();
-    let mut p = vec![7u32; 3];
-    amx::pack(&x, m, k, &mut p);
+    let mut lines = crate::ops::Lines::default();
+    lines.resized::<u32>(3).fill(7);
+    amx::pack(&x, m, k, &mut lines);
+    let p = lines.get::<u32>();
     assert_eq!(p.len(), amx::padded_rows(m) * k / 2);
     let steps = k / amx::K_STEP;
     for b in 0..amx::padded_rows(m) / 16 {

@@ -1,6 +1,7 @@
 //! The AVX-512 tiles of `fgemm` and the bf16 activation split.
 
 use super::{SplitBf16, RM, RM16, RN, RN16};
+use crate::ops::Lines;
 use std::arch::x86_64::*;
 
 /// The rows `r0..r0+N` clamped to `len − 1`: a tile past the end repeats
@@ -203,10 +204,9 @@ pub unsafe fn split_bf16(x: &[f32], s: &mut SplitBf16) {
 unsafe fn split_terms<const T: usize>(
     n: usize,
     load: impl Fn(usize, __mmask16) -> __m512,
-    out: &mut Vec<u16>,
+    out: &mut Lines,
 ) {
-    out.resize(T * n, 0);
-    let o = out.as_mut_ptr() as *mut i16;
+    let o = out.resized::<u16>(T * n).as_mut_ptr() as *mut i16;
     let full = n / 16 * 16;
     let split = |at: usize, mask: __mmask16| {
         let mut v = load(at, mask);
@@ -233,7 +233,7 @@ unsafe fn split_terms<const T: usize>(
 /// # Safety
 /// AVX-512F, BW, VL and BF16 must be present.
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
-pub unsafe fn split_f32_in_3(w: &[f32], out: &mut Vec<u16>) {
+pub unsafe fn split_f32_in_3(w: &[f32], out: &mut Lines) {
     let p = w.as_ptr();
     split_terms::<3>(w.len(), |i, m| _mm512_maskz_loadu_ps(m, p.add(i)), out)
 }
@@ -244,7 +244,7 @@ pub unsafe fn split_f32_in_3(w: &[f32], out: &mut Vec<u16>) {
 /// # Safety
 /// AVX-512F, BW, VL and BF16 must be present.
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
-pub unsafe fn split_f16_in_2(w: &[u16], out: &mut Vec<u16>) {
+pub unsafe fn split_f16_in_2(w: &[u16], out: &mut Lines) {
     let p = w.as_ptr() as *const i16;
     let load = |i: usize, m: __mmask16| _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p.add(i)));
     split_terms::<2>(w.len(), load, out)

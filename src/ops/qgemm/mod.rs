@@ -28,6 +28,7 @@ use super::kquant::QK_K;
 #[cfg(test)]
 use super::qdot::round_away;
 use super::qdot::{BlockQ8, Kind, Path, QK};
+use super::Line;
 use candle_core::quantized::GgmlDType;
 
 /// Prompt rows padded to a multiple of every kernel's pass (4).
@@ -116,17 +117,12 @@ impl Format {
     }
 }
 
-/// 64 bytes on a cache line: the unpacked weights are read as whole
-/// 512-bit vectors, and one that straddles two lines costs two loads.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Line([u8; 64]);
-
 /// One unpacked tile of `rows` weight rows, per 32-element block: the
 /// quants as signed 16-bit values (the format's offset taken off),
 /// interleaved for the SIMD units (vector g holds elements 2g, 2g+1 of
 /// every row, one i32 lane per row); and the rows' `d`, second `d` (Q6_K's
-/// second 16 elements) and `m`.
+/// second 16 elements) and `m`. The quants start on a cache line (they
+/// are read as whole 512-bit vectors).
 struct Tile {
     rows: usize,
     quants: Vec<Line>,
