@@ -12,6 +12,7 @@
 //! - `vecdot`: the other k-quants for decode (candle's SIMD dot products on our pool)
 //! - `pool`: the one persistent thread pool all of these run on
 //! - `attention`: causal grouped-query attention over the KV cache (prompt and decode rows)
+//! - `Lines`: scratch buffers on whole cache lines (what 512-bit and AMX tile loads read)
 //!
 //! Own SIMD kernels go here, behind the same functions, each tested against
 //! a scalar reference.
