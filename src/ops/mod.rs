@@ -33,7 +33,7 @@ pub mod vecdot;
 /// GEMM of 128 rows from 1655 to 1434 µs).
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
-pub struct Line(pub [u8; 64]);
+struct Line([u8; 64]);
 
 /// The plain number types a `Lines` buffer hands out.
 ///
@@ -70,6 +70,13 @@ impl Lines {
         // SAFETY: the buffer holds at least `bytes` initialized bytes,
         // aligned to 64 (≥ T's alignment), and any bytes are a valid T
         // (`Plain`).
+        unsafe { std::slice::from_raw_parts_mut(self.buf.as_mut_ptr() as *mut T, len) }
+    }
+
+    /// The values of the last `zeroed` or `resized`, to write.
+    pub fn get_mut<T: Plain>(&mut self) -> &mut [T] {
+        let len = self.bytes / std::mem::size_of::<T>();
+        // SAFETY: as in `resized`.
         unsafe { std::slice::from_raw_parts_mut(self.buf.as_mut_ptr() as *mut T, len) }
     }
 
@@ -207,7 +214,8 @@ mod tests {
     use super::Lines;
 
     /// Every buffer starts on a cache line; `resized` keeps what was
-    /// there, `zeroed` clears it, `get` gives the last length.
+    /// there, `zeroed` clears it, `get` and `get_mut` give the last
+    /// length.
     #[test]
     fn lines_start_on_a_cache_line_and_zero_only_when_asked() {
         let mut l = Lines::default();
@@ -220,5 +228,8 @@ mod tests {
         assert_eq!(c.as_ptr() as usize % 64, 0);
         assert!(c.iter().all(|&v| v == 0));
         assert_eq!(l.get::<u32>().len(), 70);
+        l.get_mut::<u32>()[3] = 9;
+        assert_eq!(l.get::<u32>()[3], 9);
+        assert_eq!(l.get::<u8>().len(), 280);
     }
 }

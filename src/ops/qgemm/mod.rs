@@ -28,7 +28,7 @@ use super::kquant::QK_K;
 #[cfg(test)]
 use super::qdot::round_away;
 use super::qdot::{BlockQ8, Kind, Path, QK};
-use super::Line;
+use super::Lines;
 use candle_core::quantized::GgmlDType;
 
 /// Prompt rows padded to a multiple of every kernel's pass (4).
@@ -125,7 +125,7 @@ impl Format {
 /// are read as whole 512-bit vectors).
 struct Tile {
     rows: usize,
-    quants: Vec<Line>,
+    quants: Lines,
     d: Vec<f32>,
     d2: Vec<f32>,
     m: Vec<f32>,
@@ -133,9 +133,11 @@ struct Tile {
 
 impl Tile {
     fn new(blocks: usize, rows: usize) -> Self {
+        let mut quants = Lines::default();
+        quants.zeroed::<u8>(blocks * rows * 2 * QK);
         Self {
             rows,
-            quants: vec![Line([0; 64]); blocks * rows * 2 * QK / 64],
+            quants,
             d: vec![0.0; blocks * rows],
             d2: vec![0.0; blocks * rows],
             m: vec![0.0; blocks * rows],

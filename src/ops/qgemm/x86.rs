@@ -187,7 +187,11 @@ unsafe fn unpack<const F: u8>(w: *const u8, rows: usize, row_bytes: usize, t: &m
         }
         for (j, vj) in v.iter().enumerate().take(fmt.block_len() / QK) {
             let blk = sb * (fmt.block_len() / QK) + j;
-            let q = (t.quants.as_mut_ptr() as *mut u8).add(blk * width * 2 * QK);
+            let q = t
+                .quants
+                .get_mut::<u8>()
+                .as_mut_ptr()
+                .add(blk * width * 2 * QK);
             for h in 0..width / 8 {
                 // Each row's pairs 0..8 (elements 0..16) and 8..16.
                 let mut lo = [_mm256_setzero_si256(); 8];
@@ -371,7 +375,7 @@ unsafe fn group_dot<const F: u8, const P: usize, const H: usize, L: Lanes>(
         L::set1_i(xq.read_unaligned())
     };
     for b in 0..blocks {
-        let q = (t.quants.as_ptr() as *const u8).add(b * width * 2 * QK);
+        let q = t.quants.get::<u8>().as_ptr().add(b * width * 2 * QK);
         // Even and odd pairs summed apart: two chains per row, so that
         // `vpdpwssd`'s latency (5 cycles) does not bound its throughput.
         let mut even = [[L::zero_i(); H]; P];
