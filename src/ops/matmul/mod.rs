@@ -64,12 +64,17 @@ pub enum Precision {
     /// `Model::forward` and the router use this.
     Exact,
     /// Each activation carried as two terms, multiplied in a narrower type:
-    /// - quantized weights: two 8-bit terms (about 15 bits: a block's 8-bit
-    ///   rounding and the rounding of its remainder) in integer SIMD
-    ///   (`qgemm`) for the 32-element block types, Q4_K and Q6_K. Within
-    ///   ~1e-5 of `Exact` (tested), where one 8-bit term (llama.cpp's
-    ///   prompts, and our decode rows) moves SmolLM2's logits by ~0.1 and
-    ///   flips its first answer token. 2–3× faster than `Exact`.
+    /// - quantized weights, 32-element block types: two 8-bit terms (about
+    ///   15 bits: a block's 8-bit rounding and the rounding of its
+    ///   remainder) in integer SIMD (`qgemm`). Within ~1e-5 of `Exact`
+    ///   (tested), where one 8-bit term (llama.cpp's prompts, and our
+    ///   decode rows) moves SmolLM2's logits by ~0.1 and flips its first
+    ///   answer token. 2–3× faster than `Exact`.
+    /// - quantized weights, k-quants (Q4_K, Q5_K, Q6_K): one 8-bit term per
+    ///   32 elements, finer than the Q8_K of their decode rows and of
+    ///   llama.cpp: per-token log-probabilities within 2.3e-3 nats of
+    ///   `Exact` on the trained fixture (decode: 3.4e-3; tested in
+    ///   tests/quant_trained.rs), for 1.4–1.6× the two-term kernel's speed.
     /// - bf16 weights: two bf16 terms (about 16 bits) in `vdpbf16ps`
     ///   (`fgemm`, AVX-512 BF16) or AMX tiles; faster than `Exact`'s
     ///   widened f32.
@@ -259,7 +264,7 @@ pub enum WeightRef<'a> {
 /// weights' rows run in one pool job. Decode rows (fewer than
 /// `DEQUANT_MIN_ROWS`) on dense weights and every quantized type; with
 /// `Precision::TwoTerm`, prompt rows too on the types `qgemm` takes (the
-/// 32-element block types, Q4_K and Q6_K). x (…, k) → each (…, n_i) f32. None when the weights are not
+/// 32-element block types and the k-quants). x (…, k) → each (…, n_i) f32. None when the weights are not
 /// all of one kind these kernels handle for these rows: the caller then
 /// runs them one by one.
 pub fn matmul_many(

@@ -4,20 +4,32 @@
 //! rows.
 //!
 //! Activations: each prompt row is quantized once per call, per 32-element
-//! block, into two 8-bit terms (`quantize_pair`, about 15 bits), joined
-//! into one 16-bit integer per element (q = 254·q₁ + q₂). Decode rows
-//! (`qdot`) use one 8-bit term, as llama.cpp does for prompts too.
+//! block. On the 32-element block types, into two 8-bit terms
+//! (`quantize_pair`, about 15 bits) joined into one 16-bit integer per
+//! element (q = 254·q₁ + q₂): one 8-bit term moves SmolLM2's (Q4_1)
+//! logits by ~0.1 and flips its first answer token. On the k-quants, into
+//! one 8-bit term (`quantize_one`): still finer than the Q8_K (one scale
+//! per 256 elements) their decode rows and llama.cpp use, and half the
+//! integer work (tests/quant_trained.rs measures both against the exact
+//! product).
 //!
 //! Weights: per tile of R rows (8 on AVX2, 32 on AVX-512), the blocks are
-//! unpacked once into a scratch buffer as signed 16-bit values (the
-//! format's offset taken off), laid out for the SIMD units: for each
-//! block, sixteen groups, group g holding elements 2g, 2g+1 of every row
-//! (one i32 lane per row). One `vpmaddwd` (AVX2) or `vpdpwssd` (AVX-512
-//! VNNI) of such a vector with activation pair g broadcast adds two
-//! products to each row's lane, so after sixteen of them lane r holds row
-//! r's exact integer block dot, with no horizontal sums and no offset or
-//! correction terms. The rows' `d`s then scale the lanes in f32, block by
-//! block, and the minimum terms (Q4_1, Q5_1, Q4_K) are summed apart.
+//! unpacked once into a scratch buffer, laid out for the SIMD units so
+//! that one instruction adds a vector's products to every row's i32 lane:
+//! - 16-bit tiles (block types): signed values, the format's offset taken
+//!   off; per block sixteen groups, group g holding elements 2g, 2g+1 of
+//!   every row, multiplied by activation pair g broadcast (`vpmaddwd` on
+//!   AVX2, `vpdpwssd` on AVX-512 VNNI);
+//! - byte tiles (k-quants): the unsigned quants as stored; per block eight
+//!   groups, group g holding elements 4g..4g + 4 of every row, against
+//!   activation quad g (`vpmaddubsw` + `vpmaddwd` on AVX2, `vpdpbusd` on
+//!   AVX-512 VNNI); Q6_K's offset of 32 comes off through the activations'
+//!   half-block sums.
+//!
+//! After a block, lane r holds row r's exact integer block dot, with no
+//! horizontal sums. The rows' `d`s then scale the lanes in f32, block by
+//! block, and the minimum terms (Q4_1, Q5_1, Q4_K, Q5_K) are summed into
+//! the same accumulators.
 //!
 //! Every kernel computes the same integers and the same float steps per
 //! lane, so the AVX2 and AVX-512 outputs are equal bit for bit (tested).
@@ -107,6 +119,12 @@ impl Format {
         }
     }
 
+    /// Whether prompt rows go in as one 8-bit term against byte tiles (the
+    /// k-quants) rather than as 16-bit integers.
+    const fn one_term(self) -> bool {
+        matches!(self, Format::Q4K | Format::Q5K | Format::Q6K)
+    }
+
     /// Whether a 32-element block carries a minimum (value = q·d + m).
     const fn has_min(self) -> bool {
         match self {
@@ -169,6 +187,52 @@ impl BlockQ16 {
     };
 }
 
+/// One block of a prompt row's activations as one 8-bit term (the
+/// k-quants' prompt rows): x ≈ d·q, s = d·Σq (the minimum terms' factor)
+/// and the sums of its two 16-element halves (Q6_K's offset).
+#[derive(Clone, Copy)]
+struct BlockQ8H {
+    d: f32,
+    s: f32,
+    h: [i32; 2],
+    qs: [i8; QK],
+}
+
+impl BlockQ8H {
+    /// A block of zeros (padding rows).
+    const ZERO: Self = Self {
+        d: 0.0,
+        s: 0.0,
+        h: [0; 2],
+        qs: [0; QK],
+    };
+}
+
+/// Quantizes one row of activations (a multiple of 32) to one 8-bit term
+/// per element: per 32-element block q = x rounded in steps of d =
+/// max|x|/127 (the main term of `quantize_pair`). The scalar reference of
+/// `quantize_one_avx2`.
+#[cfg(test)]
+fn quantize_one(x: &[f32], out: &mut [BlockQ8H]) {
+    for (xs, o) in x.chunks_exact(QK).zip(out) {
+        let amax = xs.iter().fold(0f32, |a, &v| a.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let mut qs = [0i8; QK];
+        for (q, &v) in qs.iter_mut().zip(xs) {
+            *q = round_away(v * id).clamp(-127, 127) as i8;
+        }
+        let half = |r: std::ops::Range<usize>| qs[r].iter().map(|&q| q as i32).sum::<i32>();
+        let h = [half(0..16), half(16..32)];
+        *o = BlockQ8H {
+            d,
+            s: d * (h[0] + h[1]) as f32,
+            h,
+            qs,
+        };
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
@@ -216,7 +280,8 @@ fn quantize_pair(x: &[f32], main: &mut [BlockQ8], resid: &mut [BlockQ8]) {
 }
 
 /// y = x·Wᵀ for several weights of one format that read the same `x`
-/// (m, k) f32 rows, each row as two 8-bit terms; returns each (m, n_i).
+/// (m, k) f32 rows, quantized as the module header says; returns each
+/// (m, n_i).
 /// None on the scalar path (the caller then computes in f32).
 pub fn matmul_many(
     path: Path,
@@ -234,8 +299,25 @@ pub fn matmul_many(
 }
 
 #[cfg(target_arch = "x86_64")]
-/// `matmul_many` on a SIMD path (AVX2 or AVX-512 VNNI).
+/// `matmul_many` on a SIMD path (AVX2 or AVX-512 VNNI): the k-quants with
+/// one 8-bit term per activation on byte tiles, the block types with two.
 fn tiled(path: Path, fmt: Format, ws: &[(&[u8], usize)], k: usize, x: &[f32]) -> Vec<Vec<f32>> {
+    if fmt.one_term() {
+        tiled_as::<BlockQ8H>(path, fmt, ws, k, x)
+    } else {
+        tiled_as::<BlockQ16>(path, fmt, ws, k, x)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+/// `tiled` with the prompt rows quantized as `A`.
+fn tiled_as<A: x86::Acts>(
+    path: Path,
+    fmt: Format,
+    ws: &[(&[u8], usize)],
+    k: usize,
+    x: &[f32],
+) -> Vec<Vec<f32>> {
     let blocks = k / QK;
     let row_bytes = k / fmt.block_len() * fmt.block_bytes();
     // Invariants of a loaded weight (GGUF and quantize-at-load check row
@@ -243,28 +325,26 @@ fn tiled(path: Path, fmt: Format, ws: &[(&[u8], usize)], k: usize, x: &[f32]) ->
     assert!(k.is_multiple_of(fmt.block_len()) && x.len().is_multiple_of(k));
     assert!(ws.iter().all(|(w, n)| w.len() == n * row_bytes));
     let m = x.len() / k;
-    // Every prompt row as 16-bit integers (`quantize_pair`'s two terms
-    // joined), quantized once, spread over the pool; padded with zero rows
-    // to whole passes.
+    // Every prompt row quantized once, spread over the pool; padded with
+    // zero rows to whole passes.
     let padded = m.div_ceil(GROUP) * GROUP;
-    let mut xq = vec![BlockQ16::ZERO; padded * blocks];
+    let mut xq = vec![A::ZERO; padded * blocks];
     {
-        struct Rows(*mut BlockQ16);
-        // SAFETY: each row index goes to exactly one thread, and its row
-        // is a disjoint `blocks`-long chunk of `xq`.
-        unsafe impl Sync for Rows {}
+        struct Rows<A>(*mut A);
+        // SAFETY: each row index goes to exactly one thread, and its rows
+        // are a disjoint chunk of `xq`.
+        unsafe impl<A> Sync for Rows<A> {}
         let rows = Rows(xq.as_mut_ptr());
         super::pool::for_ranges(m, |range| {
             let rows = &rows;
-            let (mut main, mut resid) = (vec![BlockQ8::ZERO; blocks], vec![BlockQ8::ZERO; blocks]);
-            for i in range {
-                // SAFETY: i < m ≤ padded: the row lies inside `xq`.
-                let out = unsafe { std::slice::from_raw_parts_mut(rows.0.add(i * blocks), blocks) };
-                // SAFETY: `tiled` runs on the SIMD paths only, which have AVX2.
-                unsafe {
-                    x86::quantize_pair_avx2(&x[i * k..(i + 1) * k], &mut main, &mut resid);
-                    x86::join_pair(&main, &resid, out);
-                }
+            // SAFETY: range.end ≤ m ≤ padded: the rows lie inside `xq`;
+            // `tiled` runs on the SIMD paths only, which have AVX2.
+            unsafe {
+                let out = std::slice::from_raw_parts_mut(
+                    rows.0.add(range.start * blocks),
+                    range.len() * blocks,
+                );
+                A::quantize(&x[range.start * k..range.end * k], k, out);
             }
         });
     }

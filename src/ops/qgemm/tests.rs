@@ -9,9 +9,10 @@ use candle_core::{Device, Tensor};
 /// equal bit for bit, and each
 /// output equals, within 1e-5·Σ|w·x̂|, the f64 dot of the dequantized
 /// weight row with x̂, the two 8-bit terms `quantize_pair` makes (the
-/// integer dots, scales, minimums and offsets are exact; only float
-/// order differs); and the f64 dot with the f32 activations within
-/// their remaining rounding (Σ|w|·d₂/2 per block). Partial tiles (579,
+/// one term of `quantize_one` on the k-quants; the integer dots, scales,
+/// minimums and offsets are exact; only float order differs); and the
+/// f64 dot with the f32 activations within their remaining rounding
+/// (Σ|w|·d₂/2 per block, d₂ the last term's step). Partial tiles (579,
 /// 13, 33, 56 rows), 256- to 3072-wide rows, 1 to 128 prompt rows.
 #[cfg(target_arch = "x86_64")]
 #[test]
@@ -62,10 +63,20 @@ fn every_format_equals_the_dequantized_dot_within_the_two_term_rounding() {
                 data.push(q.data().unwrap().to_vec());
             }
             let ws: Vec<(&[u8], usize)> = data.iter().zip(&ns).map(|(d, &n)| (&d[..], n)).collect();
-            // x̂ and each block's residual step d₂, per prompt row.
+            // x̂ and each block's last rounding step d₂ (the residual's,
+            // or the one term's on the k-quants), per prompt row.
             let (mut main, mut resid) = (vec![BlockQ8::ZERO; k / QK], vec![BlockQ8::ZERO; k / QK]);
+            let mut one = vec![BlockQ8H::ZERO; k / QK];
             let (mut xh, mut d2) = (Vec::new(), Vec::new());
             for xi in x.chunks_exact(k) {
+                if fmt.one_term() {
+                    quantize_one(xi, &mut one);
+                    for b in &one {
+                        xh.extend(b.qs.iter().map(|&q| b.d as f64 * q as f64));
+                        d2.push(b.d as f64);
+                    }
+                    continue;
+                }
                 quantize_pair(xi, &mut main, &mut resid);
                 for (a, b) in main.iter().zip(&resid) {
                     for (qa, qb) in a.qs.iter().zip(&b.qs) {
@@ -128,10 +139,11 @@ fn every_format_equals_the_dequantized_dot_within_the_two_term_rounding() {
 }
 
 /// The two terms carry ~15 bits: per block, |x − x̂| ≤ d/2 (+ float
-/// rounding) with d = max|x|/(127·254); the AVX2 quantizer is the
-/// scalar one bit for bit, on ordinary, tiny, zero and huge blocks.
+/// rounding) with d = max|x|/(127·254); the one term is the pair's main
+/// term with its half sums; the AVX2 quantizers are the scalar ones bit
+/// for bit, on ordinary, tiny, zero and huge blocks.
 #[test]
-fn quantize_pair_keeps_fifteen_bits_and_avx2_equals_scalar() {
+fn quantizers_keep_their_bits_and_avx2_equals_scalar() {
     let mut x = crate::ops::test_values(4096, 9);
     x[64..96].iter_mut().for_each(|v| *v = 0.0);
     x[96..128].iter_mut().for_each(|v| *v *= 1e-30);
@@ -139,7 +151,13 @@ fn quantize_pair_keeps_fifteen_bits_and_avx2_equals_scalar() {
     x[160] = 0.5;
     let (mut a, mut b) = (vec![BlockQ8::ZERO; 128], vec![BlockQ8::ZERO; 128]);
     quantize_pair(&x, &mut a, &mut b);
+    let mut one = vec![BlockQ8H::ZERO; 128];
+    quantize_one(&x, &mut one);
     for (j, xs) in x.chunks_exact(QK).enumerate() {
+        // The one term: q₁ (the pair's main term), its step d = 254·d_pair.
+        assert_eq!(one[j].qs, a[j].qs, "block {j}");
+        let half = |r: std::ops::Range<usize>| one[j].qs[r].iter().map(|&q| q as i32).sum::<i32>();
+        assert_eq!(one[j].h, [half(0..16), half(16..32)]);
         let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
         for (e, &v) in xs.iter().enumerate() {
             let q = RATIO as f64 * a[j].qs[e] as f64 + b[j].qs[e] as f64;
@@ -156,6 +174,16 @@ fn quantize_pair_keeps_fifteen_bits_and_avx2_equals_scalar() {
         let (mut a2, mut b2) = (vec![BlockQ8::ZERO; 128], vec![BlockQ8::ZERO; 128]);
         // SAFETY: the CPU has AVX2.
         unsafe { super::x86::quantize_pair_avx2(&x, &mut a2, &mut b2) };
+        let mut one2 = vec![BlockQ8H::ZERO; 128];
+        // SAFETY: the CPU has AVX2.
+        unsafe { super::x86::quantize_one_avx2(&x, &mut one2) };
+        for (p, q) in one.iter().zip(&one2) {
+            assert_eq!((p.qs, p.h), (q.qs, q.h));
+            assert_eq!(
+                (p.d.to_bits(), p.s.to_bits()),
+                (q.d.to_bits(), q.s.to_bits())
+            );
+        }
         for j in 0..128 {
             for (p, q) in [(&a[j], &a2[j]), (&b[j], &b2[j])] {
                 assert_eq!(p.qs, q.qs, "block {j}");

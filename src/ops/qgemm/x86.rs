@@ -1,7 +1,7 @@
 //! The SIMD kernels of `qgemm` (AVX2, AVX-512 VNNI): unpacking a tile,
 //! the GEMM passes, and the activation quantizer.
 
-use super::{BlockQ16, BlockQ8, Format, Kind, Tile, QK};
+use super::{BlockQ16, BlockQ8, BlockQ8H, Format, Kind, Tile, QK};
 use crate::ops::kquant::q4k_scales;
 use crate::ops::qdot::x86::{lanes_sum, weights};
 use std::arch::x86_64::*;
@@ -88,7 +88,12 @@ unsafe fn widen<const F: u8>(v: __m256i) -> [__m256i; 2] {
 ///
 /// SAFETY: `w` holds `rows` whole rows of `t`'s block count.
 #[inline(always)]
-unsafe fn unpack<const F: u8>(w: *const u8, rows: usize, row_bytes: usize, t: &mut Tile) {
+unsafe fn unpack<const F: u8, const BYTES: bool>(
+    w: *const u8,
+    rows: usize,
+    row_bytes: usize,
+    t: &mut Tile,
+) {
     let fmt = Format::from_code(F);
     let bytes = fmt.block_bytes();
     let width = t.rows;
@@ -173,10 +178,14 @@ unsafe fn unpack<const F: u8>(w: *const u8, rows: usize, row_bytes: usize, t: &m
                         let lo_b = _mm256_and_si256(b, m4);
                         let hi_a = _mm256_and_si256(_mm256_srli_epi16(a, 4), m4);
                         let hi_b = _mm256_and_si256(_mm256_srli_epi16(b, 4), m4);
-                        v[4 * h][i] = _mm256_sub_epi8(_mm256_or_si256(lo_a, h0), c32);
-                        v[4 * h + 1][i] = _mm256_sub_epi8(_mm256_or_si256(lo_b, h1), c32);
-                        v[4 * h + 2][i] = _mm256_sub_epi8(_mm256_or_si256(hi_a, h2), c32);
-                        v[4 * h + 3][i] = _mm256_sub_epi8(_mm256_or_si256(hi_b, h3), c32);
+                        // As bytes (one-term tiles) the quants stay
+                        // unsigned, 0..63: `vpdpbusd` takes unsigned
+                        // weights, and the kernel subtracts 32·Σx.
+                        let off = if BYTES { _mm256_setzero_si256() } else { c32 };
+                        v[4 * h][i] = _mm256_sub_epi8(_mm256_or_si256(lo_a, h0), off);
+                        v[4 * h + 1][i] = _mm256_sub_epi8(_mm256_or_si256(lo_b, h1), off);
+                        v[4 * h + 2][i] = _mm256_sub_epi8(_mm256_or_si256(hi_a, h2), off);
+                        v[4 * h + 3][i] = _mm256_sub_epi8(_mm256_or_si256(hi_b, h3), off);
                     }
                     for j in 0..8 {
                         t.d[at(j)] = d * *sc.add(2 * j) as f32;
@@ -187,6 +196,15 @@ unsafe fn unpack<const F: u8>(w: *const u8, rows: usize, row_bytes: usize, t: &m
         }
         for (j, vj) in v.iter().enumerate().take(fmt.block_len() / QK) {
             let blk = sb * (fmt.block_len() / QK) + j;
+            if BYTES {
+                // One byte per quant: quad g (elements 4g..4g + 4) of
+                // every row, one i32 lane per row.
+                let q = t.quants.get_mut::<u8>().as_mut_ptr().add(blk * width * QK);
+                for h in 0..width / 8 {
+                    store_transposed(&vj[8 * h..8 * h + 8], q, width, h);
+                }
+                continue;
+            }
             let q = t
                 .quants
                 .get_mut::<u8>()
@@ -210,7 +228,7 @@ unsafe fn unpack<const F: u8>(w: *const u8, rows: usize, row_bytes: usize, t: &m
 /// f32 lane each. `Ymm` (8 rows, AVX2) and `Zmm` (16 rows, AVX-512) run
 /// the same per-lane arithmetic, so they give the same outputs bit for
 /// bit.
-trait Lanes {
+pub(super) trait Lanes {
     const R: usize;
     type I: Copy;
     type F: Copy;
@@ -227,6 +245,11 @@ trait Lanes {
     /// `acc` plus, per i32 lane, the two products of the i16 pairs of `w`
     /// and `x` (`vpmaddwd` + add on AVX2, `vpdpwssd` on AVX-512 VNNI).
     unsafe fn dot2(acc: Self::I, w: Self::I, x: Self::I) -> Self::I;
+    /// `acc` plus, per i32 lane, the four products of the u8 quads of `w`
+    /// and the i8 quads of `x` (`vpmaddubsw` + `vpmaddwd` + add on AVX2,
+    /// exact for |w·x| pairs within i16, as every weight format here is;
+    /// `vpdpbusd` on AVX-512 VNNI).
+    unsafe fn dot4(acc: Self::I, w: Self::I, x: Self::I) -> Self::I;
     /// The first `rows` lanes of `v` to `dst`.
     unsafe fn store_f(dst: *mut f32, v: Self::F, rows: usize);
 }
@@ -281,6 +304,11 @@ impl Lanes for Ymm {
     #[inline(always)]
     unsafe fn dot2(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
         _mm256_add_epi32(acc, _mm256_madd_epi16(w, x))
+    }
+    #[inline(always)]
+    unsafe fn dot4(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
+        let pairs = _mm256_maddubs_epi16(w, x);
+        _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
     }
     #[inline(always)]
     unsafe fn store_f(dst: *mut f32, v: __m256, rows: usize) {
@@ -343,6 +371,10 @@ impl Lanes for Zmm {
         _mm512_dpwssd_epi32(acc, w, x)
     }
     #[inline(always)]
+    unsafe fn dot4(acc: __m512i, w: __m512i, x: __m512i) -> __m512i {
+        _mm512_dpbusd_epi32(acc, w, x)
+    }
+    #[inline(always)]
     unsafe fn store_f(dst: *mut f32, v: __m512, rows: usize) {
         _mm512_mask_storeu_ps(dst, ((1u32 << rows) - 1) as __mmask16, v);
     }
@@ -354,8 +386,7 @@ unsafe fn scale_add<L: Lanes>(acc: L::F, sumi: L::I, d: L::F, xd: f32) -> L::F {
     L::fmadd(L::cvt(sumi), L::mul_f(d, L::set1_f(xd)), acc)
 }
 
-/// `P` prompt rows (at `x`, `blocks` apart) · the unpacked tile of H·R
-/// rows: each prompt row's outputs, H vectors of R, into `out`.
+/// `Acts::group_dot` on a 16-bit tile with 16-bit activations.
 // Index loops over the accumulators keep them in registers (fully
 // unrolled) with nothing between the intrinsics and the target features.
 #[inline(always)]
@@ -438,6 +469,151 @@ unsafe fn group_dot<const F: u8, const P: usize, const H: usize, L: Lanes>(
     }
 }
 
+/// Prompt rows as the kernels take them: 16-bit integers (`BlockQ16`,
+/// two 8-bit terms joined) against 16-bit unpacked tiles, or one 8-bit
+/// term (`BlockQ8H`) against byte tiles.
+pub(super) trait Acts: Copy + Send + Sync {
+    /// Whether tiles hold one byte per quant (else signed 16-bit).
+    const BYTES: bool;
+    /// A block of zeros (padding rows).
+    const ZERO: Self;
+    /// Quantizes whole rows of `x` (`k` each) into `out`, `k`/32 blocks
+    /// per row.
+    ///
+    /// SAFETY: the CPU has AVX2.
+    unsafe fn quantize(x: &[f32], k: usize, out: &mut [Self]);
+    /// `P` prompt rows (at `x`, `blocks` apart) · the unpacked tile of
+    /// H·R rows: each prompt row's outputs, H vectors of R, into `out`.
+    unsafe fn group_dot<const F: u8, const P: usize, const H: usize, L: Lanes>(
+        t: &Tile,
+        x: *const Self,
+        blocks: usize,
+        out: &mut [[L::F; H]; P],
+    );
+}
+
+impl Acts for BlockQ16 {
+    const BYTES: bool = false;
+    const ZERO: Self = BlockQ16::ZERO;
+    #[inline(always)]
+    unsafe fn quantize(x: &[f32], k: usize, out: &mut [Self]) {
+        let blocks = k / QK;
+        let (mut main, mut resid) = (vec![BlockQ8::ZERO; blocks], vec![BlockQ8::ZERO; blocks]);
+        for (x, out) in x.chunks_exact(k).zip(out.chunks_exact_mut(blocks)) {
+            quantize_pair_avx2(x, &mut main, &mut resid);
+            join_pair(&main, &resid, out);
+        }
+    }
+    #[inline(always)]
+    unsafe fn group_dot<const F: u8, const P: usize, const H: usize, L: Lanes>(
+        t: &Tile,
+        x: *const Self,
+        blocks: usize,
+        out: &mut [[L::F; H]; P],
+    ) {
+        group_dot::<F, P, H, L>(t, x, blocks, out)
+    }
+}
+
+impl Acts for BlockQ8H {
+    const BYTES: bool = true;
+    const ZERO: Self = BlockQ8H::ZERO;
+    #[inline(always)]
+    unsafe fn quantize(x: &[f32], _k: usize, out: &mut [Self]) {
+        quantize_one_avx2(x, out);
+    }
+    #[inline(always)]
+    unsafe fn group_dot<const F: u8, const P: usize, const H: usize, L: Lanes>(
+        t: &Tile,
+        x: *const Self,
+        blocks: usize,
+        out: &mut [[L::F; H]; P],
+    ) {
+        group_dot8::<F, P, H, L>(t, x, blocks, out)
+    }
+}
+
+/// `group_dot` on a byte tile (`unpack::<F, true>`) with one 8-bit term
+/// per activation: quad g of a prompt row (elements 4g..4g + 4) broadcast
+/// against vector g of the tile, four products per lane per `dot4`. The
+/// k-quants only: their quants are unsigned (Q6_K's offset of 32 is taken
+/// off through the half-block sums of x).
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+unsafe fn group_dot8<const F: u8, const P: usize, const H: usize, L: Lanes>(
+    t: &Tile,
+    x: *const BlockQ8H,
+    blocks: usize,
+    out: &mut [[L::F; H]; P],
+) {
+    let fmt = Format::from_code(F);
+    debug_assert!(fmt.one_term());
+    let six = fmt == Format::Q6K;
+    let width = H * L::R;
+    let mut acc = [[L::zero_f(); H]; P];
+    let quad = |p: usize, b: usize, g: usize| {
+        let xq = (*x.add(p * blocks + b)).qs.as_ptr().add(4 * g) as *const i32;
+        L::set1_i(xq.read_unaligned())
+    };
+    for b in 0..blocks {
+        let q = t.quants.get::<u8>().as_ptr().add(b * width * QK);
+        let mut even = [[L::zero_i(); H]; P];
+        let mut odd = [[L::zero_i(); H]; P];
+        let d = |h: usize| L::load_f(t.d.as_ptr().add(b * width + h * L::R));
+        for g in (0..QK / 4).step_by(2) {
+            if six && g == QK / 8 {
+                // The first 16 elements, under their own scale.
+                for p in 0..P {
+                    let xb = &*x.add(p * blocks + b);
+                    let off = L::set1_i(-32 * xb.h[0]);
+                    for h in 0..H {
+                        let si = L::add_i(L::add_i(even[p][h], odd[p][h]), off);
+                        acc[p][h] = scale_add::<L>(acc[p][h], si, d(h), xb.d);
+                    }
+                }
+                (even, odd) = ([[L::zero_i(); H]; P], [[L::zero_i(); H]; P]);
+            }
+            let mut w0 = [L::zero_i(); H];
+            let mut w1 = [L::zero_i(); H];
+            for h in 0..H {
+                w0[h] = L::load_i(q.add(g * 4 * width + h * 4 * L::R));
+                w1[h] = L::load_i(q.add((g + 1) * 4 * width + h * 4 * L::R));
+            }
+            for p in 0..P {
+                let (x0, x1) = (quad(p, b, g), quad(p, b, g + 1));
+                for h in 0..H {
+                    even[p][h] = L::dot4(even[p][h], w0[h], x0);
+                    odd[p][h] = L::dot4(odd[p][h], w1[h], x1);
+                }
+            }
+        }
+        let d = |h: usize| {
+            let at = b * width + h * L::R;
+            L::load_f(if six { t.d2.as_ptr() } else { t.d.as_ptr() }.add(at))
+        };
+        for p in 0..P {
+            let xb = &*x.add(p * blocks + b);
+            let off = L::set1_i(if six { -32 * xb.h[1] } else { 0 });
+            for h in 0..H {
+                let mut si = L::add_i(even[p][h], odd[p][h]);
+                if six {
+                    si = L::add_i(si, off);
+                }
+                acc[p][h] = scale_add::<L>(acc[p][h], si, d(h), xb.d);
+                if fmt.has_min() {
+                    let m = L::load_f(t.m.as_ptr().add(b * width + h * L::R));
+                    acc[p][h] = L::fmadd(m, L::set1_f(xb.s), acc[p][h]);
+                }
+            }
+        }
+    }
+    for p in 0..P {
+        for h in 0..H {
+            out[p][h] = acc[p][h];
+        }
+    }
+}
+
 /// One tile (`rows` ≤ H·R weight rows at `w`) against every prompt row of
 /// `x` (whole groups of `P`, `blocks` each): prompt row c's outputs go to
 /// `y` + c·n (while c < m), this tile's `rows` columns only.
@@ -446,22 +622,26 @@ unsafe fn group_dot<const F: u8, const P: usize, const H: usize, L: Lanes>(
 /// `t` is H·R rows wide.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<const F: u8, const P: usize, const H: usize, L: Lanes>(
+unsafe fn tile<const F: u8, const P: usize, const H: usize, L: Lanes, A: Acts>(
     w: &[u8],
     rows: usize,
     row_bytes: usize,
-    x: &[BlockQ16],
+    x: &[A],
     t: &mut Tile,
     y: *mut f32,
     n: usize,
     m: usize,
 ) {
     debug_assert_eq!(t.rows, H * L::R);
-    unpack::<F>(w.as_ptr(), rows, row_bytes, t);
+    if A::BYTES {
+        unpack::<F, true>(w.as_ptr(), rows, row_bytes, t);
+    } else {
+        unpack::<F, false>(w.as_ptr(), rows, row_bytes, t);
+    }
     let blocks = t.blocks();
     let mut ys = [[L::zero_f(); H]; P];
     for (pass, xs) in x.chunks_exact(P * blocks).enumerate() {
-        group_dot::<F, P, H, L>(t, xs.as_ptr(), blocks, &mut ys);
+        A::group_dot::<F, P, H, L>(t, xs.as_ptr(), blocks, &mut ys);
         for (p, v) in ys.iter().enumerate() {
             let c = pass * P + p;
             if c >= m {
@@ -485,12 +665,12 @@ macro_rules! entry {
         /// `y` holds m rows of n with the tile's columns inside.
         #[target_feature(enable = $features)]
         #[allow(clippy::too_many_arguments)]
-        pub(super) unsafe fn $name(
+        pub(super) unsafe fn $name<A: Acts>(
             fmt: Format,
             w: &[u8],
             rows: usize,
             row_bytes: usize,
-            x: &[BlockQ16],
+            x: &[A],
             t: &mut Tile,
             y: *mut f32,
             n: usize,
@@ -504,15 +684,23 @@ macro_rules! entry {
             const F5: u8 = Format::Q4K.code();
             const F6: u8 = Format::Q6K.code();
             const F7: u8 = Format::Q5K.code();
+            if A::BYTES {
+                // Byte tiles: the k-quants only (`Format::one_term`).
+                return match fmt.code() {
+                    F5 => tile::<F5, $p, $h, $lanes, A>(w, rows, row_bytes, x, t, y, n, m),
+                    F7 => tile::<F7, $p, $h, $lanes, A>(w, rows, row_bytes, x, t, y, n, m),
+                    _ => tile::<F6, $p, $h, $lanes, A>(w, rows, row_bytes, x, t, y, n, m),
+                };
+            }
             match fmt.code() {
-                F0 => tile::<F0, $p, $h, $lanes>(w, rows, row_bytes, x, t, y, n, m),
-                F1 => tile::<F1, $p, $h, $lanes>(w, rows, row_bytes, x, t, y, n, m),
-                F2 => tile::<F2, $p, $h, $lanes>(w, rows, row_bytes, x, t, y, n, m),
-                F3 => tile::<F3, $p, $h, $lanes>(w, rows, row_bytes, x, t, y, n, m),
-                F4 => tile::<F4, $p, $h, $lanes>(w, rows, row_bytes, x, t, y, n, m),
-                F5 => tile::<F5, $p, $h, $lanes>(w, rows, row_bytes, x, t, y, n, m),
-                F7 => tile::<F7, $p, $h, $lanes>(w, rows, row_bytes, x, t, y, n, m),
-                _ => tile::<F6, $p, $h, $lanes>(w, rows, row_bytes, x, t, y, n, m),
+                F0 => tile::<F0, $p, $h, $lanes, A>(w, rows, row_bytes, x, t, y, n, m),
+                F1 => tile::<F1, $p, $h, $lanes, A>(w, rows, row_bytes, x, t, y, n, m),
+                F2 => tile::<F2, $p, $h, $lanes, A>(w, rows, row_bytes, x, t, y, n, m),
+                F3 => tile::<F3, $p, $h, $lanes, A>(w, rows, row_bytes, x, t, y, n, m),
+                F4 => tile::<F4, $p, $h, $lanes, A>(w, rows, row_bytes, x, t, y, n, m),
+                F5 => tile::<F5, $p, $h, $lanes, A>(w, rows, row_bytes, x, t, y, n, m),
+                F7 => tile::<F7, $p, $h, $lanes, A>(w, rows, row_bytes, x, t, y, n, m),
+                _ => tile::<F6, $p, $h, $lanes, A>(w, rows, row_bytes, x, t, y, n, m),
             }
         }
     };
@@ -550,35 +738,36 @@ pub(super) unsafe fn join_pair(main: &[BlockQ8], resid: &[BlockQ8], out: &mut [B
     }
 }
 
+/// `round_away` on eight lanes, clamped to ±127.
+#[inline(always)]
+unsafe fn round8(t: __m256) -> __m256i {
+    let ti = _mm256_cvttps_epi32(t);
+    let frac = _mm256_sub_ps(t, _mm256_cvtepi32_ps(ti));
+    let up = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(frac, _mm256_set1_ps(0.5)));
+    let down = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(frac, _mm256_set1_ps(-0.5)));
+    let q = _mm256_add_epi32(_mm256_sub_epi32(ti, up), down);
+    _mm256_max_epi32(
+        _mm256_min_epi32(q, _mm256_set1_epi32(127)),
+        _mm256_set1_epi32(-127),
+    )
+}
+
+/// 32 i32 lanes (four vectors, in order) → 32 i8 at `out`.
+#[inline(always)]
+unsafe fn pack(q: [__m256i; 4], out: *mut i8) {
+    let ab = _mm256_packs_epi32(q[0], q[1]);
+    let cd = _mm256_packs_epi32(q[2], q[3]);
+    let v = _mm256_packs_epi16(ab, cd);
+    let v = _mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(out as *mut __m256i, v);
+}
+
 /// `quantize_pair` in AVX2, bit for bit (the same float operations, in
 /// the same order, lane by lane).
 ///
 /// SAFETY: the CPU has AVX2.
 #[target_feature(enable = "avx2")]
 pub(super) unsafe fn quantize_pair_avx2(x: &[f32], main: &mut [BlockQ8], resid: &mut [BlockQ8]) {
-    /// `round_away` on eight lanes, clamped to ±127.
-    #[inline(always)]
-    unsafe fn round8(t: __m256) -> __m256i {
-        let ti = _mm256_cvttps_epi32(t);
-        let frac = _mm256_sub_ps(t, _mm256_cvtepi32_ps(ti));
-        let up = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(frac, _mm256_set1_ps(0.5)));
-        let down = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(frac, _mm256_set1_ps(-0.5)));
-        let q = _mm256_add_epi32(_mm256_sub_epi32(ti, up), down);
-        _mm256_max_epi32(
-            _mm256_min_epi32(q, _mm256_set1_epi32(127)),
-            _mm256_set1_epi32(-127),
-        )
-    }
-    /// 32 i32 lanes (four vectors, in order) → 32 i8 at `out`.
-    #[inline(always)]
-    unsafe fn pack(q: [__m256i; 4], out: *mut i8) {
-        let ab = _mm256_packs_epi32(q[0], q[1]);
-        let cd = _mm256_packs_epi32(q[2], q[3]);
-        let v = _mm256_packs_epi16(ab, cd);
-        let v = _mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-        _mm256_storeu_si256(out as *mut __m256i, v);
-    }
-    let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
     for ((xs, a), b) in x.chunks_exact(QK).zip(main).zip(resid) {
         let p = xs.as_ptr();
         let v = [
@@ -587,13 +776,7 @@ pub(super) unsafe fn quantize_pair_avx2(x: &[f32], main: &mut [BlockQ8], resid: 
             _mm256_loadu_ps(p.add(16)),
             _mm256_loadu_ps(p.add(24)),
         ];
-        let m = _mm256_max_ps(
-            _mm256_max_ps(_mm256_and_ps(v[0], abs), _mm256_and_ps(v[1], abs)),
-            _mm256_max_ps(_mm256_and_ps(v[2], abs), _mm256_and_ps(v[3], abs)),
-        );
-        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+        let amax = amax32(&v);
         let d1 = amax / 127.0;
         let id1 = if d1 != 0.0 { 1.0 / d1 } else { 0.0 };
         let id2 = super::RATIO as f32 * id1;
@@ -619,5 +802,44 @@ pub(super) unsafe fn quantize_pair_avx2(x: &[f32], main: &mut [BlockQ8], resid: 
         let d = d1 / super::RATIO as f32;
         (a.d, a.s, a.qsum) = (d, d * qsum as f32, qsum);
         (b.d, b.s, b.qsum) = (0.0, 0.0, 0);
+    }
+}
+
+/// The largest |x| of 32 values (four vectors).
+#[inline(always)]
+unsafe fn amax32(v: &[__m256; 4]) -> f32 {
+    let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+    let m = _mm256_max_ps(
+        _mm256_max_ps(_mm256_and_ps(v[0], abs), _mm256_and_ps(v[1], abs)),
+        _mm256_max_ps(_mm256_and_ps(v[2], abs), _mm256_and_ps(v[3], abs)),
+    );
+    let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)))
+}
+
+/// `quantize_one` in AVX2, bit for bit.
+///
+/// SAFETY: the CPU has AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn quantize_one_avx2(x: &[f32], out: &mut [BlockQ8H]) {
+    for (xs, o) in x.chunks_exact(QK).zip(out) {
+        let p = xs.as_ptr();
+        let v = [
+            _mm256_loadu_ps(p),
+            _mm256_loadu_ps(p.add(8)),
+            _mm256_loadu_ps(p.add(16)),
+            _mm256_loadu_ps(p.add(24)),
+        ];
+        let d = amax32(&v) / 127.0;
+        let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+        let mut q = [_mm256_setzero_si256(); 4];
+        for i in 0..4 {
+            q[i] = round8(_mm256_mul_ps(v[i], id));
+        }
+        let h0 = lanes_sum(_mm256_add_epi32(q[0], q[1]));
+        let h1 = lanes_sum(_mm256_add_epi32(q[2], q[3]));
+        pack(q, o.qs.as_mut_ptr());
+        (o.d, o.s, o.h) = (d, d * (h0 + h1) as f32, [h0, h1]);
     }
 }
