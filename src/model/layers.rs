@@ -116,8 +116,11 @@ impl Mlp {
         )?
         .try_into()
         .map_err(|_| candle_core::Error::Msg("gate/up projections".into()))?;
-        self.down_proj
-            .forward_with(&(candle_nn::ops::silu(&gate)? * up)?, pick(lora, 6), p)
+        self.down_proj.forward_with(
+            &crate::ops::activation::swiglu(&gate, &up)?,
+            pick(lora, 6),
+            p,
+        )
     }
 }
 

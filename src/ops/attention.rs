@@ -30,7 +30,11 @@ fn cpu_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, offset: usize) 
     let groups = nh / nkv;
     let f32c = |t: &Tensor| -> Result<Tensor> { t.to_dtype(DType::F32)?.contiguous() };
     let (q, k, v) = (f32c(q)?, f32c(k)?, f32c(v)?);
-    let (qs, ks, vs) = (slice(&q)?, slice(&k)?, slice(&v)?);
+    let (qs, ks, vs) = (
+        super::f32_slice(&q)?,
+        super::f32_slice(&k)?,
+        super::f32_slice(&v)?,
+    );
     let path = super::gemv::Path::detect();
     // Two query heads × four keys per pass of the scores, two heads × 32
     // dimensions of the output per pass over the values.
@@ -203,23 +207,6 @@ mod x86 {
             }
             j += 2;
         }
-    }
-}
-
-/// A contiguous f32 CPU tensor's elements.
-fn slice(t: &Tensor) -> Result<&[f32]> {
-    let (storage, layout) = t.storage_and_layout();
-    let (a, b) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("attention: tensor not contiguous".into()))?;
-    match &*storage {
-        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) => {
-            // SAFETY: the storage outlives the guard only as long as `t`
-            // lives; the caller keeps `t` alive while using the slice, and
-            // nothing writes to it meanwhile.
-            Ok(unsafe { std::slice::from_raw_parts(data[a..b].as_ptr(), b - a) })
-        }
-        _ => candle_core::bail!("attention: expected f32 CPU storage"),
     }
 }
 

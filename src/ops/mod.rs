@@ -6,17 +6,19 @@
 //! - `qdot`: our Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 × f32 kernels for decode (AVX-512 VNNI, AVX2 or
 //!   scalar, chosen at run time; eight weight rows per tile, weights prefetched)
 //! - `qgemm`: prompt rows on Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q5_K/Q6_K: each weight tile (8 rows on
-//!   AVX2, 32 on AVX-512) unpacked once to 16-bit values and run against all the prompt's rows,
-//!   activations as two 8-bit terms (~15 bits) joined into one 16-bit integer
+//!   AVX2, 32 on AVX-512) unpacked once and run against all the prompt's rows; activations as two
+//!   8-bit terms (~15 bits) joined into one 16-bit integer, or one 8-bit term on the k-quants
 //! - `kquant`: our Q4_K/Q6_K × f32 kernels for decode (AVX2 or scalar)
 //! - `vecdot`: the other k-quants for decode (candle's SIMD dot products on our pool)
 //! - `pool`: the one persistent thread pool all of these run on
+//! - `activation`: SwiGLU's silu(gate)·up in one pass (AVX2 exponential)
 //! - `attention`: causal grouped-query attention over the KV cache (prompt and decode rows)
 //! - `Lines`: scratch buffers on whole cache lines (what 512-bit and AMX tile loads read)
 //!
 //! Own SIMD kernels go here, behind the same functions, each tested against
 //! a scalar reference.
 
+pub mod activation;
 pub mod attention;
 pub mod fgemm;
 pub mod gemv;
@@ -174,6 +176,23 @@ pub(crate) fn matmul_rows<P: Sync>(
         }
     }
     ys
+}
+
+/// A contiguous f32 CPU tensor's elements.
+pub(crate) fn f32_slice(t: &candle_core::Tensor) -> candle_core::Result<&[f32]> {
+    let (storage, layout) = t.storage_and_layout();
+    let (a, b) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("expected a contiguous tensor".into()))?;
+    match &*storage {
+        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) => {
+            // SAFETY: the storage outlives the guard only as long as `t`
+            // lives; the caller keeps `t` alive while using the slice, and
+            // nothing writes to it meanwhile.
+            Ok(unsafe { std::slice::from_raw_parts(data[a..b].as_ptr(), b - a) })
+        }
+        _ => candle_core::bail!("expected f32 CPU storage"),
+    }
 }
 
 /// Calls `f(i, chunk_i)` for each `width`-long chunk of `out`, the chunks
