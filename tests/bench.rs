@@ -111,6 +111,27 @@ fn table_names_tests_like_llama_bench() {
     );
 }
 
+/// `EXPERT_SIMD` caps the kernels and is recorded with the CPU; a value
+/// that is not a cap is one `error:` line naming it.
+#[test]
+fn simd_cap_is_recorded_and_checked() {
+    let tiny = fixture("tiny");
+    let m = tiny.to_str().unwrap();
+    let args = ["bench", "-m", m, "-p", "8", "-n", "2", "-r", "1", "--json"];
+    for simd in ["native", "avx2", "scalar"] {
+        let tests = tests_of(&expert_env(&args, &[("EXPERT_SIMD", simd)]));
+        assert!(tests.iter().all(|t| t["cpu"]["simd"] == simd), "{tests:?}");
+    }
+    let o = expert_env(&args, &[("EXPERT_SIMD", "avx3")]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: EXPERT_SIMD") && err.contains("avx3"),
+        "{err}"
+    );
+}
+
 /// Bad values end in one `error:` line naming the flag.
 #[test]
 fn bad_flags_are_one_error_line() {

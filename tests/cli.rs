@@ -161,7 +161,7 @@ fn dtype_and_device_values() {
     let file = dir.path().join("text.txt");
     std::fs::write(&file, t["text"].as_str().unwrap()).unwrap();
     let model = tiny();
-    let nll = |extra: &[&str]| -> f64 {
+    let nll = |extra: &[&str], simd: &str| -> f64 {
         let mut args = vec![
             "perplexity",
             "--model",
@@ -171,24 +171,27 @@ fn dtype_and_device_values() {
             "--json",
         ];
         args.extend_from_slice(extra);
-        let o = expert(&args);
+        let o = expert_env(&args, &[("EXPERT_SIMD", simd)]);
         assert!(o.status.success(), "{extra:?}: {}", stderr(&o));
         let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
         v["nll"].as_f64().unwrap()
     };
     let reference = t["nll"].as_f64().unwrap();
-    for (args, tol) in [
-        (&["--dtype", "f32"][..], 1e-5),
-        (&["--dtype", "auto", "--device", "auto"][..], 1e-5),
-        (&["--device", "cpu"][..], 1e-5),
-        (&["--dtype", "bf16"][..], 1e-2),
-        (&["--dtype", "f16"][..], 1e-2),
+    // Every kernel path this CPU has (`EXPERT_SIMD`) scores the reference.
+    for (args, simd, tol) in [
+        (&["--dtype", "f32"][..], "native", 1e-5),
+        (&["--dtype", "f32"][..], "avx2", 1e-5),
+        (&["--dtype", "f32"][..], "scalar", 1e-5),
+        (&["--dtype", "auto", "--device", "auto"][..], "native", 1e-5),
+        (&["--device", "cpu"][..], "native", 1e-5),
+        (&["--dtype", "bf16"][..], "native", 1e-2),
+        (&["--dtype", "f16"][..], "native", 1e-2),
     ] {
-        let ours = nll(args);
+        let ours = nll(args, simd);
         let rel = (ours - reference).abs() / reference;
         assert!(
             rel <= tol,
-            "{args:?}: nll {ours} vs {reference} (rel {rel:e})"
+            "{args:?} {simd}: nll {ours} vs {reference} (rel {rel:e})"
         );
     }
     if !cfg!(feature = "cuda") {

@@ -283,26 +283,33 @@ fn quantized_chat_answer_names_paris() {
     assert_eq!(got.last(), Some(&2));
 }
 
-/// `expert chat` end to end with the template embedded in the GGUF.
+/// `expert chat` end to end with the template embedded in the GGUF, on
+/// every kernel path this CPU has (`EXPERT_SIMD`: the AVX-512 kernels, the
+/// AVX2 ones an AVX2-only CPU runs, the scalar references).
 #[test]
 fn cli_chat_answers_paris() {
     let Some(path) = common::smollm2_gguf() else {
         return;
     };
-    let o = expert(&[
-        "chat",
-        "--model",
-        path.to_str().unwrap(),
-        "--prompt",
-        "What is the capital of France?",
-        "--temperature",
-        "0",
-        "--max-tokens",
-        "32",
-    ]);
-    let (out, err) = (stdout(&o), stderr(&o));
-    assert!(o.status.success(), "{err}");
-    assert!(out.contains("Paris"), "{out}");
+    for simd in ["native", "avx2", "scalar"] {
+        let o = common::expert_env(
+            &[
+                "chat",
+                "--model",
+                path.to_str().unwrap(),
+                "--prompt",
+                "What is the capital of France?",
+                "--temperature",
+                "0",
+                "--max-tokens",
+                "32",
+            ],
+            &[("EXPERT_SIMD", simd)],
+        );
+        let (out, err) = (stdout(&o), stderr(&o));
+        assert!(o.status.success(), "{simd}: {err}");
+        assert!(out.contains("Paris"), "{simd}: {out}");
+    }
 }
 
 /// A real trained model quantized by us: SmolLM2 dequantized to f32 (the

@@ -262,8 +262,12 @@ fn print_table(results: &[TestResult]) {
         if let Some(e) = &r.expert {
             println!("expert: {e}");
         }
+        let cap = match r.cpu.simd.as_str() {
+            "native" | "" => String::new(),
+            s => format!(", kernels capped at {s} (EXPERT_SIMD)"),
+        };
         println!(
-            "CPU: {} [{}], load {:.2} s",
+            "CPU: {} [{}]{cap}, load {:.2} s",
             r.cpu.model,
             r.cpu.flags.join(" "),
             r.load_s

@@ -137,7 +137,10 @@ pub fn main() -> i32 {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    let result = set_threads(&cli.command).and_then(|()| run(cli.command));
+    let result = crate::ops::check_simd_env()
+        .map_err(anyhow::Error::msg)
+        .and_then(|()| set_threads(&cli.command))
+        .and_then(|()| run(cli.command));
     match result {
         Ok(()) => 0,
         Err(e) => {

@@ -10,6 +10,10 @@ pub struct CpuInfo {
     pub model: String,
     /// SIMD flags relevant to the kernels (avx2, fma, f16c, avx512*, vnni, amx…).
     pub flags: Vec<String>,
+    /// The widest SIMD our kernels were allowed (`EXPERT_SIMD`): "native",
+    /// "avx2" or "scalar".
+    #[serde(default)]
+    pub simd: String,
 }
 
 /// Flags worth recording: the ones that change which kernel path runs.
@@ -34,7 +38,8 @@ pub fn cpu_info() -> CpuInfo {
                 .collect()
         })
         .unwrap_or_default();
-    CpuInfo { model, flags }
+    let simd = crate::ops::simd_cap().name().to_string();
+    CpuInfo { model, flags, simd }
 }
 
 /// The process's peak resident set size in bytes (VmHWM), 0 where unknown.

@@ -47,12 +47,15 @@ pub enum Path {
 
 impl Path {
     pub fn detect() -> Self {
+        let cap = super::simd_cap();
         #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2")
+        if cap >= super::SimdCap::Avx2
+            && is_x86_feature_detected!("avx2")
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c")
         {
-            return if is_x86_feature_detected!("avx512f")
+            return if cap == super::SimdCap::Native
+                && is_x86_feature_detected!("avx512f")
                 && is_x86_feature_detected!("avx512bw")
                 && is_x86_feature_detected!("avx512vl")
             {

@@ -425,7 +425,8 @@ impl Path {
     /// The fastest path this CPU supports.
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2")
+        if super::simd_cap() >= super::SimdCap::Avx2
+            && is_x86_feature_detected!("avx2")
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c")
         {

@@ -103,6 +103,58 @@ pub fn set_threads(n: Option<usize>) {
     }
 }
 
+/// The widest SIMD our kernels may use. `EXPERT_SIMD=avx2` keeps every
+/// kernel to its AVX2 path (what an AVX2-only CPU such as AMD Zen 3 runs:
+/// the way to test and measure that path on an AVX-512 machine), `scalar`
+/// to the scalar references; unset or `native`, whatever the CPU has.
+/// candle's own kernels (the `gemm` crate, the k-quants without a kernel
+/// here) keep their own choice.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub enum SimdCap {
+    Scalar,
+    Avx2,
+    Native,
+}
+
+impl SimdCap {
+    fn parse(v: &str) -> Option<Self> {
+        match v {
+            "native" | "" => Some(SimdCap::Native),
+            "avx2" => Some(SimdCap::Avx2),
+            "scalar" => Some(SimdCap::Scalar),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SimdCap::Native => "native",
+            SimdCap::Avx2 => "avx2",
+            SimdCap::Scalar => "scalar",
+        }
+    }
+}
+
+/// `EXPERT_SIMD`'s cap, read once (`check_simd_env` reports a bad value
+/// first; one that slips past it means no cap).
+pub fn simd_cap() -> SimdCap {
+    static CAP: std::sync::OnceLock<SimdCap> = std::sync::OnceLock::new();
+    *CAP.get_or_init(|| {
+        let v = std::env::var("EXPERT_SIMD").unwrap_or_default();
+        SimdCap::parse(&v).unwrap_or(SimdCap::Native)
+    })
+}
+
+/// A one-line error for an `EXPERT_SIMD` value that is not a cap.
+pub fn check_simd_env() -> Result<(), String> {
+    match std::env::var("EXPERT_SIMD") {
+        Ok(v) if SimdCap::parse(&v).is_none() => Err(format!(
+            "EXPERT_SIMD: expected native, avx2 or scalar, got `{v}`"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The number of threads per-token work runs on.
 pub fn threads() -> usize {
     std::env::var("CANDLE_NUM_THREADS")

@@ -523,12 +523,17 @@ pub enum Path {
 impl Path {
     /// The fastest path this CPU supports.
     pub fn detect() -> Self {
+        let cap = super::simd_cap();
         #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2")
+        if cap >= super::SimdCap::Avx2
+            && is_x86_feature_detected!("avx2")
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c")
         {
-            if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
+            if cap == super::SimdCap::Native
+                && is_x86_feature_detected!("avx512vnni")
+                && is_x86_feature_detected!("avx512vl")
+            {
                 return Path::Vnni;
             }
             return Path::Avx2;

@@ -86,8 +86,14 @@ pub const FIXTURES: [&str; 7] = [
 
 /// Runs the expert binary with `args`.
 pub fn expert(args: &[&str]) -> Output {
+    expert_env(args, &[])
+}
+
+/// `expert` with extra environment variables.
+pub fn expert_env(args: &[&str], envs: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_expert"))
         .args(args)
+        .envs(envs.iter().copied())
         .output()
         .expect("run expert")
 }
