@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
 # expert and llama.cpp side by side, in one run, on the same files and
-# threads; writes BENCHMARKS.md. Not part of CI (about 30 minutes the first
-# time: it builds llama.cpp and makes the models; about 15 after that).
+# threads; writes BENCHMARKS.md. Not part of CI (about 40 minutes the first
+# time: it builds llama.cpp and makes the models; about 15 after that, on an
+# AVX-512 CPU twice that for the AVX2 pass below).
 #
-#   scripts/bench_peers.sh [-p 128] [-n 64] [-r 3] [-t THREADS] [-o BENCHMARKS.md] [--rows f32,q8_0,...]
+#   scripts/bench_peers.sh [-p 128] [-n 64] [-r 3] [-t THREADS] [-o BENCHMARKS.md] [--rows f32,q8_0,...] [--native-only]
+#
+# On a CPU with AVX-512 it then runs every row again on the AVX2 paths, a
+# stand-in for the AVX2-only CPUs (AMD Zen 3) this project also runs on:
+# expert with EXPERT_SIMD=avx2 against a second llama.cpp built with
+# -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=OFF, a second table in the
+# same file. --native-only skips it.
 #
 # Everything it builds or makes lives in $EXPERT_PEER_DIR (default
 # ~/.cache/expert-peer):
@@ -23,11 +30,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 P=128 N=64 R=3 T=$(lscpu -p=core 2>/dev/null | grep -v '^#' | sort -u | wc -l) OUT=BENCHMARKS.md ROWS=all
+AVX2=auto
 [ "$T" -gt 0 ] || T=$(nproc)
 while [ $# -gt 0 ]; do
   case "$1" in
     -p) P=$2; shift 2 ;; -n) N=$2; shift 2 ;; -r) R=$2; shift 2 ;; -t) T=$2; shift 2 ;;
-    -o) OUT=$2; shift 2 ;; --rows) ROWS=$2; shift 2 ;;
+    -o) OUT=$2; shift 2 ;; --rows) ROWS=$2; shift 2 ;; --native-only) AVX2=no; shift ;;
     *) echo "error: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
   esac
 done
@@ -51,6 +59,19 @@ if [ ! -x "$D/build/bin/llama-bench" ] || [ ! -x "$D/build/bin/llama-quantize" ]
     || { tail -20 "$D/build.log" >&2; exit 1; }
 fi
 LB=$D/build/bin/llama-bench LQ=$D/build/bin/llama-quantize
+# 1b. The AVX2-only llama.cpp, where this CPU has AVX-512 (the AVX2 pass).
+if [ "$AVX2" = auto ]; then
+  if grep -qw avx512f /proc/cpuinfo; then AVX2=yes; else AVX2=no; fi
+fi
+LB2=$D/build-avx2/bin/llama-bench
+if [ "$AVX2" = yes ] && [ ! -x "$LB2" ]; then
+  log "building an AVX2-only llama.cpp (10-15 min on 2 cores)"
+  cmake -S "$L" -B "$D/build-avx2" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF \
+    -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF \
+    -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF >/dev/null
+  cmake --build "$D/build-avx2" -j"$(nproc)" --target llama-bench >"$D/build-avx2.log" 2>&1 \
+    || { tail -20 "$D/build-avx2.log" >&2; exit 1; }
+fi
 
 # 2. Python with torch, transformers and gguf-py (for the model and the converter).
 PY=$D/venv/bin/python
@@ -122,8 +143,11 @@ rows=(
   "SmolLM2-135M-Instruct Q4_1|$SMOL||$SMOL"
 )
 RES=$D/results-$(date +%Y%m%d-%H%M%S)
-mkdir -p "$RES"
-i=0
+# One pass: every row with expert capped at $1 (EXPERT_SIMD) against the
+# llama-bench at $2, results into $RES/$1.
+pass() {
+local simd=$1 LB=$2 out=$RES/$1 i=0
+mkdir -p "$out"
 for row in "${rows[@]}"; do
   IFS='|' read -r label model flags gguf <<<"$row"
   i=$((i + 1))
@@ -132,22 +156,25 @@ for row in "${rows[@]}"; do
   # Both engines load from a warm page cache (this VM reclaims cold pages).
   warm() { if [ -d "$1" ]; then cat "$1"/*.safetensors >/dev/null; else cat "$1" >/dev/null; fi; }
   warm "$model"
-  log "$label: expert"
+  log "$label ($simd): expert"
   # shellcheck disable=SC2086
-  "$EXE" bench -m "$model" $flags -p "$P" -n "$N" -r "$R" -t "$T" --json > "$RES/$i-expert.json"
+  EXPERT_SIMD=$simd "$EXE" bench -m "$model" $flags -p "$P" -n "$N" -r "$R" -t "$T" --json > "$out/$i-expert.json"
   warm "$gguf"
-  log "$label: llama.cpp"
-  if ! "$LB" -m "$gguf" -p "$P" -n "$N" -r "$R" -t "$T" -o json > "$RES/$i-llama.json" 2>/dev/null; then
+  log "$label ($simd): llama.cpp"
+  if ! "$LB" -m "$gguf" -p "$P" -n "$N" -r "$R" -t "$T" -o json > "$out/$i-llama.json" 2>/dev/null; then
     # Seen on an AMX CPU (Xeon, 2026-12-02): llama.cpp 0.3.36 crashes in
     # its repacked (AMX) quantized weights. The row is then measured
     # without the repack, and the table says so.
     log "$label: llama.cpp failed; again with --repack 0"
-    "$LB" -m "$gguf" -p "$P" -n "$N" -r "$R" -t "$T" --repack 0 -o json > "$RES/$i-llama.json" 2>/dev/null
-    echo "--repack 0" > "$RES/$i-llama-note"
+    "$LB" -m "$gguf" -p "$P" -n "$N" -r "$R" -t "$T" --repack 0 -o json > "$out/$i-llama.json" 2>/dev/null
+    echo "--repack 0" > "$out/$i-llama-note"
   fi
-  echo "$label" > "$RES/$i-label"
-  echo "$gguf" > "$RES/$i-gguf"
+  echo "$label" > "$out/$i-label"
+  echo "$gguf" > "$out/$i-gguf"
 done
+}
+pass native "$LB"
+if [ "$AVX2" = yes ]; then pass avx2 "$LB2"; fi
 
 # 7. The table.
 "$PY" - "$RES" "$GBS" "$T" "$P" "$N" "$R" "$OUT" "$(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo '+dirty')" <<'EOF'
@@ -168,10 +195,11 @@ def bytes_per_token(path):
         total += int(t.n_bytes)
     return total
 
-lines = []
-notes = set()
-cpu = None
-for lab in sorted(glob.glob(os.path.join(res, "*-label")), key=lambda f: int(os.path.basename(f).split("-")[0])):
+def table(res):
+  lines = []
+  notes = set()
+  cpu = None
+  for lab in sorted(glob.glob(os.path.join(res, "*-label")), key=lambda f: int(os.path.basename(f).split("-")[0])):
     i = os.path.basename(lab).split("-")[0]
     label = open(lab).read().strip()
     gguf_path = open(os.path.join(res, f"{i}-gguf")).read().strip()
@@ -196,6 +224,9 @@ for lab in sorted(glob.glob(os.path.join(res, "*-label")), key=lambda f: int(os.
         f"| **{e_pp['prefill_tok_s'] / l_pp['avg_ts']:.2f}** / **{e_tg['decode_tok_s'] / l_tg['avg_ts']:.2f}** "
         f"| {bpt / 1e6:.0f} MB → {ceiling:.1f} | {e_tg['decode_tok_s'] / ceiling:.0%} / {l_tg['avg_ts'] / ceiling:.0%} "
         f"| {e_tg['load_s']:.2f} s, {e_tg['peak_rss_bytes'] / 2**20:.0f} MiB |")
+  return cpu, lines, notes
+
+cpu, lines, notes = table(os.path.join(res, "native"))
 head = f"""# Benchmarks: expert and llama.cpp side by side
 
 Written by `scripts/bench_peers.sh` on {datetime.date.today()} at commit `{commit}`, in one run: each row runs
@@ -212,7 +243,23 @@ with `-DGGML_NATIVE=ON`) on the same file with the same threads.
 | model | expert holds | llama.cpp prefill | llama.cpp decode | expert prefill | expert decode | expert ÷ llama.cpp (prefill / decode) | bytes/token → ceiling tok/s | decode ÷ ceiling (expert / llama.cpp) | expert load, peak RSS |
 |---|---|---:|---:|---:|---:|---:|---:|---:|---:|
 """
-open(out, "w").write(head + "\n".join(lines) + "\n" + "".join("\n" + n + "\n" for n in sorted(notes)))
+columns = """| model | expert holds | llama.cpp prefill | llama.cpp decode | expert prefill | expert decode | expert ÷ llama.cpp (prefill / decode) | bytes/token → ceiling tok/s | decode ÷ ceiling (expert / llama.cpp) | expert load, peak RSS |
+|---|---|---:|---:|---:|---:|---:|---:|---:|---:|
+"""
+text = head + "\n".join(lines) + "\n" + "".join("\n" + n + "\n" for n in sorted(notes))
+if os.path.isdir(os.path.join(res, "avx2")):
+    _, lines2, notes2 = table(os.path.join(res, "avx2"))
+    text += f"""
+## The AVX2 paths, on the same CPU in the same run
+
+A stand-in for the AVX2-only CPUs (AMD Zen 3) this project also runs on, not a measurement on one: expert with
+`EXPERT_SIMD=avx2` (every kernel of ours on its AVX2 path; the `gemm` crate, which expert uses for f32, f16 and
+bf16 prompt rows where there is no AVX-512, keeps its own choice) against a second llama.cpp built from the same
+source with `-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF` (its default
+weight repacking then works). Same files, threads and bandwidth as above.
+
+{columns}""" + "\n".join(lines2) + "\n" + "".join("\n" + n + "\n" for n in sorted(notes2))
+open(out, "w").write(text)
 print(open(out).read())
 EOF
 log "raw results in $RES"
