@@ -9,6 +9,7 @@
 
 use candle_core::quantized::{ggml_file, QTensor};
 use candle_core::{DType, Device, Tensor};
+use half::slice::HalfFloatSliceExt;
 
 /// Rows (tokens × batch) from which a quantized projection on the CPU is
 /// computed as a float GEMM on the dequantized weight under
@@ -169,13 +170,16 @@ fn dense_prompt_in_chunks(
     };
     match &*storage {
         Storage::Cpu(CpuStorage::F32(d)) => gemm_into(&mut y, &d[a..b], 0, n),
+        // `half`'s slice conversions (F16C where the CPU has it): its
+        // per-value `to_f32` checks the CPU on every call, which left the
+        // f16 rows' prompts 0.86× llama.cpp's on the AVX2 paths.
         Storage::Cpu(CpuStorage::BF16(d)) => {
             let f = |c: &[f32], s, l| gemm_into(&mut y, c, s, l);
-            widened_chunks(&d[a..b], n, k, chunk, f, |v| v.to_f32())
+            widened_chunks(&d[a..b], n, k, chunk, f, |s, o| s.convert_to_f32_slice(o))
         }
         Storage::Cpu(CpuStorage::F16(d)) => {
             let f = |c: &[f32], s, l| gemm_into(&mut y, c, s, l);
-            widened_chunks(&d[a..b], n, k, chunk, f, |v| v.to_f32())
+            widened_chunks(&d[a..b], n, k, chunk, f, |s, o| s.convert_to_f32_slice(o))
         }
         _ => return Ok(None),
     }
@@ -212,7 +216,7 @@ fn widened_chunks<T: Copy + Sync>(
     k: usize,
     max: usize,
     mut f: impl FnMut(&[f32], usize, usize),
-    widen: impl Fn(T) -> f32 + Sync,
+    widen: impl Fn(&[T], &mut [f32]) + Sync,
 ) {
     thread_local! {
         static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -224,9 +228,7 @@ fn widened_chunks<T: Copy + Sync>(
             scratch.resize(len * k, 0.0);
             let src = &w[start * k..(start + len) * k];
             super::fill_chunks(&mut scratch[..len * k], k, |r, out| {
-                for (o, &v) in out.iter_mut().zip(&src[r * k..(r + 1) * k]) {
-                    *o = widen(v);
-                }
+                widen(&src[r * k..(r + 1) * k], out)
             });
             f(&scratch[..len * k], start, len);
         }
