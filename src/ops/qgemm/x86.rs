@@ -386,89 +386,6 @@ unsafe fn scale_add<L: Lanes>(acc: L::F, sumi: L::I, d: L::F, xd: f32) -> L::F {
     L::fmadd(L::cvt(sumi), L::mul_f(d, L::set1_f(xd)), acc)
 }
 
-/// `Acts::group_dot` on a 16-bit tile with 16-bit activations.
-// Index loops over the accumulators keep them in registers (fully
-// unrolled) with nothing between the intrinsics and the target features.
-#[inline(always)]
-#[allow(clippy::needless_range_loop)]
-unsafe fn group_dot<const F: u8, const P: usize, const H: usize, L: Lanes>(
-    t: &Tile,
-    x: *const BlockQ16,
-    blocks: usize,
-    out: &mut [[L::F; H]; P],
-) {
-    let fmt = Format::from_code(F);
-    let width = H * L::R;
-    let mut acc = [[L::zero_f(); H]; P];
-    // Activation pair g (elements 2g, 2g+1) of prompt row p, in every lane.
-    let pair = |p: usize, b: usize, g: usize| {
-        let xq = (*x.add(p * blocks + b)).qs.as_ptr().add(2 * g) as *const i32;
-        L::set1_i(xq.read_unaligned())
-    };
-    for b in 0..blocks {
-        let q = t.quants.get::<u8>().as_ptr().add(b * width * 2 * QK);
-        // Even and odd pairs summed apart: two chains per row, so that
-        // `vpdpwssd`'s latency (5 cycles) does not bound its throughput.
-        let mut even = [[L::zero_i(); H]; P];
-        let mut odd = [[L::zero_i(); H]; P];
-        let d = |h: usize| L::load_f(t.d.as_ptr().add(b * width + h * L::R));
-        for g in (0..QK / 2).step_by(2) {
-            if fmt == Format::Q6K && g == QK / 4 {
-                // The first 16 elements, under their own scale.
-                for p in 0..P {
-                    let xb = &*x.add(p * blocks + b);
-                    for h in 0..H {
-                        let si = L::add_i(even[p][h], odd[p][h]);
-                        acc[p][h] = scale_add::<L>(acc[p][h], si, d(h), xb.d);
-                    }
-                }
-                (even, odd) = ([[L::zero_i(); H]; P], [[L::zero_i(); H]; P]);
-            }
-            let mut w0 = [L::zero_i(); H];
-            let mut w1 = [L::zero_i(); H];
-            for h in 0..H {
-                w0[h] = L::load_i(q.add(g * 4 * width + h * 4 * L::R));
-                w1[h] = L::load_i(q.add((g + 1) * 4 * width + h * 4 * L::R));
-            }
-            for p in 0..P {
-                let (x0, x1) = (pair(p, b, g), pair(p, b, g + 1));
-                for h in 0..H {
-                    even[p][h] = L::dot2(even[p][h], w0[h], x0);
-                    odd[p][h] = L::dot2(odd[p][h], w1[h], x1);
-                }
-            }
-        }
-        let d = |h: usize| {
-            let at = b * width + h * L::R;
-            L::load_f(
-                if fmt == Format::Q6K {
-                    t.d2.as_ptr()
-                } else {
-                    t.d.as_ptr()
-                }
-                .add(at),
-            )
-        };
-        for p in 0..P {
-            let xb = &*x.add(p * blocks + b);
-            for h in 0..H {
-                let si = L::add_i(even[p][h], odd[p][h]);
-                acc[p][h] = scale_add::<L>(acc[p][h], si, d(h), xb.d);
-                if fmt.has_min() {
-                    // The minimum term, m·d_x·Σq, into the same sum.
-                    let m = L::load_f(t.m.as_ptr().add(b * width + h * L::R));
-                    acc[p][h] = L::fmadd(m, L::set1_f(xb.s), acc[p][h]);
-                }
-            }
-        }
-    }
-    for p in 0..P {
-        for h in 0..H {
-            out[p][h] = acc[p][h];
-        }
-    }
-}
-
 /// Prompt rows as the kernels take them: 16-bit integers (`BlockQ16`,
 /// two 8-bit terms joined) against 16-bit unpacked tiles, or one 8-bit
 /// term (`BlockQ8H`) against byte tiles.
@@ -482,14 +399,17 @@ pub(super) trait Acts: Copy + Send + Sync {
     ///
     /// SAFETY: the CPU has AVX2.
     unsafe fn quantize(x: &[f32], k: usize, out: &mut [Self]);
-    /// `P` prompt rows (at `x`, `blocks` apart) · the unpacked tile of
-    /// H·R rows: each prompt row's outputs, H vectors of R, into `out`.
-    unsafe fn group_dot<const F: u8, const P: usize, const H: usize, L: Lanes>(
-        t: &Tile,
-        x: *const Self,
-        blocks: usize,
-        out: &mut [[L::F; H]; P],
-    );
+    /// The block's scale d (x ≈ d·q) and s = d·Σq (the minimum terms').
+    fn d(&self) -> f32;
+    fn s(&self) -> f32;
+    /// What the integer dot of 16-element half `h` needs added for Q6_K:
+    /// byte tiles keep its quants unsigned (q, not q − 32), so −32·Σx.
+    fn q6k_offset(&self, h: usize) -> i32;
+    /// Activation group g (the elements one lane takes per instruction)
+    /// in every lane.
+    unsafe fn group<L: Lanes>(&self, g: usize) -> L::I;
+    /// `acc` plus each lane's products of one group of `w` and `x`.
+    unsafe fn dot<L: Lanes>(acc: L::I, w: L::I, x: L::I) -> L::I;
 }
 
 impl Acts for BlockQ16 {
@@ -505,13 +425,25 @@ impl Acts for BlockQ16 {
         }
     }
     #[inline(always)]
-    unsafe fn group_dot<const F: u8, const P: usize, const H: usize, L: Lanes>(
-        t: &Tile,
-        x: *const Self,
-        blocks: usize,
-        out: &mut [[L::F; H]; P],
-    ) {
-        group_dot::<F, P, H, L>(t, x, blocks, out)
+    fn d(&self) -> f32 {
+        self.d
+    }
+    #[inline(always)]
+    fn s(&self) -> f32 {
+        self.s
+    }
+    #[inline(always)]
+    fn q6k_offset(&self, _h: usize) -> i32 {
+        0
+    }
+    /// Pair g: elements 2g, 2g + 1.
+    #[inline(always)]
+    unsafe fn group<L: Lanes>(&self, g: usize) -> L::I {
+        L::set1_i((self.qs.as_ptr().add(2 * g) as *const i32).read_unaligned())
+    }
+    #[inline(always)]
+    unsafe fn dot<L: Lanes>(acc: L::I, w: L::I, x: L::I) -> L::I {
+        L::dot2(acc, w, x)
     }
 }
 
@@ -523,52 +455,66 @@ impl Acts for BlockQ8H {
         quantize_one_avx2(x, out);
     }
     #[inline(always)]
-    unsafe fn group_dot<const F: u8, const P: usize, const H: usize, L: Lanes>(
-        t: &Tile,
-        x: *const Self,
-        blocks: usize,
-        out: &mut [[L::F; H]; P],
-    ) {
-        group_dot8::<F, P, H, L>(t, x, blocks, out)
+    fn d(&self) -> f32 {
+        self.d
+    }
+    #[inline(always)]
+    fn s(&self) -> f32 {
+        self.s
+    }
+    #[inline(always)]
+    fn q6k_offset(&self, h: usize) -> i32 {
+        -32 * self.h[h]
+    }
+    /// Quad g: elements 4g..4g + 4.
+    #[inline(always)]
+    unsafe fn group<L: Lanes>(&self, g: usize) -> L::I {
+        L::set1_i((self.qs.as_ptr().add(4 * g) as *const i32).read_unaligned())
+    }
+    #[inline(always)]
+    unsafe fn dot<L: Lanes>(acc: L::I, w: L::I, x: L::I) -> L::I {
+        L::dot4(acc, w, x)
     }
 }
 
-/// `group_dot` on a byte tile (`unpack::<F, true>`) with one 8-bit term
-/// per activation: quad g of a prompt row (elements 4g..4g + 4) broadcast
-/// against vector g of the tile, four products per lane per `dot4`. The
-/// k-quants only: their quants are unsigned (Q6_K's offset of 32 is taken
-/// off through the half-block sums of x).
+/// `P` prompt rows (at `x`, `blocks` apart) · the unpacked tile of H·R
+/// rows: each prompt row's outputs, H vectors of R, into `out`. A block's
+/// tile holds one vector per activation group (16 pairs, or 8 quads on
+/// byte tiles), each with R rows' lanes.
+// Index loops over the accumulators keep them in registers (fully
+// unrolled) with nothing between the intrinsics and the target features.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)]
-unsafe fn group_dot8<const F: u8, const P: usize, const H: usize, L: Lanes>(
+unsafe fn group_dot<const F: u8, const P: usize, const H: usize, L: Lanes, A: Acts>(
     t: &Tile,
-    x: *const BlockQ8H,
+    x: *const A,
     blocks: usize,
     out: &mut [[L::F; H]; P],
 ) {
     let fmt = Format::from_code(F);
-    debug_assert!(fmt.one_term());
     let six = fmt == Format::Q6K;
     let width = H * L::R;
+    // Activation groups per 32-element block; bytes of tile per block.
+    let groups = if A::BYTES { QK / 4 } else { QK / 2 };
+    let block_bytes = if A::BYTES { QK } else { 2 * QK };
     let mut acc = [[L::zero_f(); H]; P];
-    let quad = |p: usize, b: usize, g: usize| {
-        let xq = (*x.add(p * blocks + b)).qs.as_ptr().add(4 * g) as *const i32;
-        L::set1_i(xq.read_unaligned())
-    };
     for b in 0..blocks {
-        let q = t.quants.get::<u8>().as_ptr().add(b * width * QK);
+        let q = t.quants.get::<u8>().as_ptr().add(b * width * block_bytes);
+        // Even and odd groups summed apart: two chains per row, so that
+        // `vpdpwssd`'s and `vpdpbusd`'s latency (5 cycles) does not bound
+        // their throughput.
         let mut even = [[L::zero_i(); H]; P];
         let mut odd = [[L::zero_i(); H]; P];
         let d = |h: usize| L::load_f(t.d.as_ptr().add(b * width + h * L::R));
-        for g in (0..QK / 4).step_by(2) {
-            if six && g == QK / 8 {
+        for g in (0..groups).step_by(2) {
+            if six && g == groups / 2 {
                 // The first 16 elements, under their own scale.
                 for p in 0..P {
                     let xb = &*x.add(p * blocks + b);
-                    let off = L::set1_i(-32 * xb.h[0]);
+                    let off = L::set1_i(xb.q6k_offset(0));
                     for h in 0..H {
                         let si = L::add_i(L::add_i(even[p][h], odd[p][h]), off);
-                        acc[p][h] = scale_add::<L>(acc[p][h], si, d(h), xb.d);
+                        acc[p][h] = scale_add::<L>(acc[p][h], si, d(h), xb.d());
                     }
                 }
                 (even, odd) = ([[L::zero_i(); H]; P], [[L::zero_i(); H]; P]);
@@ -580,10 +526,11 @@ unsafe fn group_dot8<const F: u8, const P: usize, const H: usize, L: Lanes>(
                 w1[h] = L::load_i(q.add((g + 1) * 4 * width + h * 4 * L::R));
             }
             for p in 0..P {
-                let (x0, x1) = (quad(p, b, g), quad(p, b, g + 1));
+                let xb = &*x.add(p * blocks + b);
+                let (x0, x1) = (xb.group::<L>(g), xb.group::<L>(g + 1));
                 for h in 0..H {
-                    even[p][h] = L::dot4(even[p][h], w0[h], x0);
-                    odd[p][h] = L::dot4(odd[p][h], w1[h], x1);
+                    even[p][h] = A::dot::<L>(even[p][h], w0[h], x0);
+                    odd[p][h] = A::dot::<L>(odd[p][h], w1[h], x1);
                 }
             }
         }
@@ -593,16 +540,17 @@ unsafe fn group_dot8<const F: u8, const P: usize, const H: usize, L: Lanes>(
         };
         for p in 0..P {
             let xb = &*x.add(p * blocks + b);
-            let off = L::set1_i(if six { -32 * xb.h[1] } else { 0 });
+            let off = L::set1_i(if six { xb.q6k_offset(1) } else { 0 });
             for h in 0..H {
                 let mut si = L::add_i(even[p][h], odd[p][h]);
                 if six {
                     si = L::add_i(si, off);
                 }
-                acc[p][h] = scale_add::<L>(acc[p][h], si, d(h), xb.d);
+                acc[p][h] = scale_add::<L>(acc[p][h], si, d(h), xb.d());
                 if fmt.has_min() {
+                    // The minimum term, m·d_x·Σq, into the same sum.
                     let m = L::load_f(t.m.as_ptr().add(b * width + h * L::R));
-                    acc[p][h] = L::fmadd(m, L::set1_f(xb.s), acc[p][h]);
+                    acc[p][h] = L::fmadd(m, L::set1_f(xb.s()), acc[p][h]);
                 }
             }
         }
@@ -641,7 +589,7 @@ unsafe fn tile<const F: u8, const P: usize, const H: usize, L: Lanes, A: Acts>(
     let blocks = t.blocks();
     let mut ys = [[L::zero_f(); H]; P];
     for (pass, xs) in x.chunks_exact(P * blocks).enumerate() {
-        A::group_dot::<F, P, H, L>(t, xs.as_ptr(), blocks, &mut ys);
+        group_dot::<F, P, H, L, A>(t, xs.as_ptr(), blocks, &mut ys);
         for (p, v) in ys.iter().enumerate() {
             let c = pass * P + p;
             if c >= m {
