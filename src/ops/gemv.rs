@@ -47,6 +47,7 @@ pub enum Path {
 
 impl Path {
     pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
         let cap = super::simd_cap();
         #[cfg(target_arch = "x86_64")]
         if cap >= super::SimdCap::Avx2

@@ -523,6 +523,7 @@ pub enum Path {
 impl Path {
     /// The fastest path this CPU supports.
     pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
         let cap = super::simd_cap();
         #[cfg(target_arch = "x86_64")]
         if cap >= super::SimdCap::Avx2

@@ -136,11 +136,11 @@ impl Format {
 }
 
 /// One unpacked tile of `rows` weight rows, per 32-element block: the
-/// quants as signed 16-bit values (the format's offset taken off),
-/// interleaved for the SIMD units (vector g holds elements 2g, 2g+1 of
-/// every row, one i32 lane per row); and the rows' `d`, second `d` (Q6_K's
-/// second 16 elements) and `m`. The quants start on a cache line (they
-/// are read as whole 512-bit vectors).
+/// quants interleaved for the SIMD units (one i32 lane per row; 16-bit
+/// values two to a lane, or bytes four to a lane, as the module header
+/// says); and the rows' `d`, second `d` (Q6_K's second 16 elements) and
+/// `m`. The quants start on a cache line (they are read as whole 512-bit
+/// vectors).
 struct Tile {
     rows: usize,
     quants: Lines,
@@ -150,9 +150,10 @@ struct Tile {
 }
 
 impl Tile {
-    fn new(blocks: usize, rows: usize) -> Self {
+    /// A tile of `quant_bytes` (2 or 1) per quant.
+    fn new(blocks: usize, rows: usize, quant_bytes: usize) -> Self {
         let mut quants = Lines::default();
-        quants.zeroed::<u8>(blocks * rows * 2 * QK);
+        quants.zeroed::<u8>(blocks * rows * quant_bytes * QK);
         Self {
             rows,
             quants,
@@ -368,7 +369,7 @@ fn tiled_as<A: x86::Acts>(
     };
     super::pool::for_ranges(tiles.len(), |range| {
         let out = &out;
-        let mut t = Tile::new(blocks, width);
+        let mut t = Tile::new(blocks, width, if A::BYTES { 1 } else { 2 });
         let mine = &tiles[range];
         for (i, &(wi, r)) in mine.iter().enumerate() {
             // The next tile's weights are requested now and arrive while
