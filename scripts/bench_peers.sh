@@ -22,8 +22,8 @@
 #     scripts/make_bench_model.py) and its GGUFs made by llama.cpp's own
 #     converter (f32, f16, bf16) and quantizer (q8_0, q4_0, q4_k_m);
 #   - SmolLM2-135M-Instruct Q4_1 (scripts/fetch_test_model.sh).
-# It measures the machine's read bandwidth (a 2 GiB array summed by every
-# thread), then runs `expert bench` and `llama-bench` back to back per row,
+# It measures the machine's read bandwidth (a 2 GiB array on 2 MiB pages
+# summed by every thread, before and after the rows), then runs `expert bench` and `llama-bench` back to back per row,
 # and writes the table with the ratios expert/llama.cpp and
 # expert/bandwidth ceiling (weight bytes read per decoded token ÷ bandwidth).
 set -euo pipefail
@@ -98,17 +98,22 @@ SMOL=${EXPERT_TEST_MODEL_DIR:-$HOME/.cache/expert-test-models}/smollm2/SmolLM2-1
 cargo build --release -q
 EXE=$root/target/release/expert
 
-# 5. Read bandwidth: every thread sums its share of a 2 GiB array.
-BW=$D/bandwidth
+# 5. Read bandwidth: every thread sums its share of a 2 GiB array, on 2 MiB
+# pages (the ceiling; expert's weights are on them) and on 4 KiB pages (what
+# a TLB-bound reader gets; 15-45 % less in the VMs this was written on).
+BW=$D/bandwidth2
 if [ ! -x "$BW" ]; then
-  cat > "$D/bandwidth.c" <<'EOF'
+  cat > "$D/bandwidth2.c" <<'EOF'
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <omp.h>
 #include <immintrin.h>
-int main(void) {
+int main(int argc, char **argv) {
   size_t n = (size_t)1 << 29; /* floats: 2 GiB */
-  float *a = aligned_alloc(64, n * sizeof(float));
+  float *a = aligned_alloc(2 << 20, n * sizeof(float));
+  /* "huge": transparent huge pages, asked for before the first touch. */
+  if (argc > 1 && argv[1][0] == 'h') madvise(a, n * sizeof(float), MADV_HUGEPAGE);
   #pragma omp parallel for
   for (size_t i = 0; i < n; i++) a[i] = (float)(i & 7);
   double best = 0; float sink = 0;
@@ -126,10 +131,11 @@ int main(void) {
   printf("%.2f\n", best); return sink == 12345.0f;
 }
 EOF
-  gcc -O2 -mavx2 -fopenmp "$D/bandwidth.c" -o "$BW"
+  gcc -O2 -mavx2 -fopenmp "$D/bandwidth2.c" -o "$BW"
 fi
-GBS=$(OMP_NUM_THREADS=$T "$BW")
-log "read bandwidth $GBS GB/s with $T threads"
+GBS=$(OMP_NUM_THREADS=$T "$BW" huge)
+GBS_4K=$(OMP_NUM_THREADS=$T "$BW")
+log "read bandwidth $GBS GB/s on 2 MiB pages, $GBS_4K GB/s on 4 KiB pages, with $T threads"
 
 # 6. The rows: label | expert's model | expert's flags | llama.cpp's file.
 rows=(
@@ -174,13 +180,18 @@ for row in "${rows[@]}"; do
 done
 }
 pass native "$LB"
+# The VM's bandwidth drifts (22 to 29 GB/s on 4 KiB pages within an hour,
+# 2026-12-03): measured again after the rows, the higher figure is the ceiling.
+GBS_END=$(OMP_NUM_THREADS=$T "$BW" huge)
+log "read bandwidth after the rows: $GBS_END GB/s on 2 MiB pages"
+GBS=$(awk -v a="$GBS" -v b="$GBS_END" 'BEGIN { print (a > b ? a : b) }')
 if [ "$AVX2" = yes ]; then pass avx2 "$LB2"; fi
 
 # 7. The table.
-"$PY" - "$RES" "$GBS" "$T" "$P" "$N" "$R" "$OUT" "$(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo '+dirty')" <<'EOF'
+"$PY" - "$RES" "$GBS" "$T" "$P" "$N" "$R" "$OUT" "$(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo '+dirty')" "$GBS_4K" <<'EOF'
 import json, os, sys, datetime, glob
-res, gbs, threads, p, n, r, out, commit = sys.argv[1:9]
-gbs = float(gbs)
+res, gbs, threads, p, n, r, out, commit, gbs_4k = sys.argv[1:10]
+gbs, gbs_4k = float(gbs), float(gbs_4k)
 import gguf
 
 def bytes_per_token(path):
@@ -235,7 +246,7 @@ with `-DGGML_NATIVE=ON`) on the same file with the same threads.
 
 - CPU: {cpu['model']}; flags: {' '.join(cpu['flags'])}
 - threads: {threads}; prompt {p} tokens (prefill, tok/s), decode {n} tokens (tok/s); mean ± standard deviation of {r} repetitions after a warm-up
-- read bandwidth: {gbs:.1f} GB/s (2 GiB summed by {threads} threads); ceiling = bandwidth ÷ weight bytes read per decoded token
+- read bandwidth: {gbs:.1f} GB/s (2 GiB on 2 MiB pages summed by {threads} threads, the higher of a measurement before and one after the rows; on 4 KiB pages {gbs_4k:.1f} GB/s); ceiling = bandwidth ÷ weight bytes read per decoded token. expert holds its weights on 2 MiB pages (`ops::huge_pages`); llama.cpp maps the file (4 KiB pages)
 - the Qwen3 rows are a random-weight checkpoint of the exact Qwen3-0.6B shape (`scripts/make_bench_model.py`), its GGUFs made by
   llama.cpp's `convert_hf_to_gguf.py` (f32, f16, bf16) and `llama-quantize` (q8_0, q4_0, q4_k_m); the safetensors row runs expert on the
   checkpoint itself against llama.cpp on the bf16 GGUF.

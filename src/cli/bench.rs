@@ -14,8 +14,8 @@
 use super::adapters::AdapterArgs;
 use super::sysinfo::{cpu_info, peak_rss_bytes, CpuInfo};
 use super::ModelArgs;
+use crate::sampling::{Sampler, SamplingParams};
 use anyhow::{bail, Context, Result};
-use candle_core::Tensor;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -200,9 +200,11 @@ fn run_tests(args: &BenchArgs) -> Result<Vec<TestResult>> {
                 start.elapsed().as_secs_f64()
             } else {
                 let mut id = base[depth % base.len()];
+                // The chat's greedy pick (no penalties): what a token costs there.
+                let mut greedy = Sampler::new(SamplingParams::greedy())?;
                 let start = Instant::now();
                 for _ in 0..n {
-                    id = argmax(&engine.decode_step(id)?)?;
+                    id = greedy.sample(&engine.decode_step(id)?, &[])?;
                 }
                 start.elapsed().as_secs_f64()
             };
@@ -293,10 +295,6 @@ fn print_table(results: &[TestResult]) {
             r.peak_rss_bytes as f64 / (1 << 20) as f64
         );
     }
-}
-
-fn argmax(logits: &Tensor) -> Result<u32> {
-    Ok(logits.argmax(0)?.to_scalar::<u32>()?)
 }
 
 #[cfg(test)]

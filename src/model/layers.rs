@@ -244,6 +244,11 @@ impl DecoderLayer {
     /// How the projection weights are held: "f32", "bf16", "q4_k"… (the
     /// types of all seven, most common first, joined by "+").
     pub fn weight_formats(&self) -> Vec<String> {
+        self.projections().iter().map(|l| l.format()).collect()
+    }
+
+    /// The seven projections: q, k, v, o, gate, up, down.
+    pub fn projections(&self) -> [&Linear; 7] {
         let a = &self.self_attn;
         let m = &self.mlp;
         [
@@ -255,9 +260,6 @@ impl DecoderLayer {
             &m.up_proj,
             &m.down_proj,
         ]
-        .iter()
-        .map(|l| l.format())
-        .collect()
     }
 
     /// Pre-norm residual blocks: x + attn(norm(x)), then + mlp(norm(x)).

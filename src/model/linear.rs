@@ -92,6 +92,29 @@ impl Linear {
         }
     }
 
+    /// Where the weight lies in memory (address, bytes); None off the CPU.
+    pub fn weight_span(&self) -> Option<(usize, usize)> {
+        use candle_core::{CpuStorage, Storage};
+        match &self.weight {
+            LinearWeight::Quantized(QMatMul::QTensor(q)) if q.device().is_cpu() => {
+                let d = q.data().ok()?;
+                Some((d.as_ptr() as usize, d.len()))
+            }
+            LinearWeight::Dense(l) => {
+                let (storage, layout) = l.weight().storage_and_layout();
+                let (a, b) = layout.contiguous_offsets()?;
+                let (at, size) = match &*storage {
+                    Storage::Cpu(CpuStorage::F32(d)) => (d.as_ptr() as usize, 4),
+                    Storage::Cpu(CpuStorage::BF16(d)) => (d.as_ptr() as usize, 2),
+                    Storage::Cpu(CpuStorage::F16(d)) => (d.as_ptr() as usize, 2),
+                    _ => return None,
+                };
+                Some((at + a * size, (b - a) * size))
+            }
+            _ => None,
+        }
+    }
+
     /// Several projections of the same input (q/k/v; gate/up), each with its
     /// LoRA delta when given: x (…, in) → (…, out_i) in x's dtype. Where our
     /// CPU kernels take these rows the input is prepared once and all rows

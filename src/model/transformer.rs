@@ -51,6 +51,15 @@ impl Model {
         } else {
             embedding.as_linear()?
         };
+        // Decode streams every projection once per token: on huge pages,
+        // not 4 KiB ones (`ops::huge_pages`).
+        crate::ops::huge_pages::collapse(
+            layers
+                .iter()
+                .flat_map(DecoderLayer::projections)
+                .chain([&lm_head])
+                .filter_map(Linear::weight_span),
+        );
         let rope = Rope::new(
             &config.rope,
             config.head_dim,

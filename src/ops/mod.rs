@@ -11,6 +11,7 @@
 //! - `kquant`: our Q4_K/Q6_K × f32 kernels for decode (AVX2 or scalar)
 //! - `vecdot`: the other k-quants for decode (candle's SIMD dot products on our pool)
 //! - `pool`: the one persistent thread pool all of these run on
+//! - `huge_pages`: loaded weights moved onto 2 MiB pages (decode streams them every token)
 //! - `activation`: SwiGLU's silu(gate)·up in one pass (AVX2 exponential)
 //! - `attention`: causal grouped-query attention over the KV cache (prompt and decode rows)
 //! - `Lines`: scratch buffers on whole cache lines (what 512-bit and AMX tile loads read)
@@ -22,6 +23,7 @@ pub mod activation;
 pub mod attention;
 pub mod fgemm;
 pub mod gemv;
+pub mod huge_pages;
 pub mod kquant;
 pub mod matmul;
 pub mod pool;

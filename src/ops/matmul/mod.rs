@@ -393,12 +393,24 @@ pub fn refine_top(w: &QTensor, x: &[f32], y: &mut [f32]) -> candle_core::Result<
     let t = w.dtype();
     let row_bytes = k / t.block_size() * t.type_size();
     let data = w.data()?;
-    let mut idx: Vec<u32> = (0..n as u32).collect();
+    // The `REFINE_TOP` largest in one pass: a min-heap of the best so far,
+    // which almost every entry fails to enter with one comparison (a
+    // select over all 151,936 indices took ~0.4 ms of each token).
     let top = REFINE_TOP.min(n);
-    if top < n {
-        idx.select_nth_unstable_by(top - 1, |&a, &b| y[b as usize].total_cmp(&y[a as usize]));
+    let mut best = std::collections::BinaryHeap::with_capacity(top + 1);
+    for (i, &v) in y.iter().enumerate() {
+        if best.len() < top {
+            best.push(Smallest(v, i as u32));
+        } else if best
+            .peek()
+            .is_some_and(|s: &Smallest| v.total_cmp(&s.0).is_gt())
+        {
+            best.pop();
+            best.push(Smallest(v, i as u32));
+        }
     }
-    for &r in &idx[..top] {
+    let idx: Vec<u32> = best.into_iter().map(|s| s.1).collect();
+    for &r in &idx {
         let r = r as usize;
         let bytes = &data[r * row_bytes..(r + 1) * row_bytes];
         let row: Vec<f32> = ggml_file::qtensor_from_ggml(t, bytes, vec![k], &Device::Cpu)?
@@ -407,6 +419,27 @@ pub fn refine_top(w: &QTensor, x: &[f32], y: &mut [f32]) -> candle_core::Result<
         y[r] = row.iter().zip(x).map(|(w, x)| w * x).sum();
     }
     Ok(())
+}
+
+/// A logit and its index, ordered so that `BinaryHeap` keeps the smallest
+/// logit on top.
+struct Smallest(f32, u32);
+
+impl PartialEq for Smallest {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o).is_eq()
+    }
+}
+impl Eq for Smallest {}
+impl PartialOrd for Smallest {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Smallest {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        o.0.total_cmp(&self.0)
+    }
 }
 
 /// Prompt rows on a quantized weight: an f32 GEMM (`fgemm` on AVX-512,
