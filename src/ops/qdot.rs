@@ -634,42 +634,45 @@ pub fn matmul_many(
     assert!(k.is_multiple_of(QK) && x.len().is_multiple_of(k));
     assert!(ws.iter().all(|(w, n)| w.len() == n * row_bytes));
     let m = x.len() / k;
-    // Work items: tiles of up to 8 rows of one weight, at their offset in
-    // one output buffer holding every weight's row after the other.
-    let mut tiles = Vec::new();
+    // Work items: tiles of up to 8 rows, numbered weight after weight;
+    // weight w's tiles start at `starts[w]`. Each tile writes its rows of
+    // the output straight into that weight's output (no staging buffer:
+    // the lm_head's 151,936 rows made one, and a table of its tiles, on
+    // every token).
+    let mut starts = Vec::with_capacity(ws.len());
     let mut total = 0;
-    for (wi, &(_, n)) in ws.iter().enumerate() {
-        for r in (0..n).step_by(TILE) {
-            tiles.push((wi, r, TILE.min(n - r), total + r));
-        }
-        total += n;
+    for &(_, n) in ws {
+        starts.push(total);
+        total += n.div_ceil(TILE);
     }
-    let mut xq = Vec::with_capacity(k / QK);
-    let mut all = vec![0f32; total];
     let mut ys: Vec<Vec<f32>> = ws.iter().map(|(_, n)| vec![0f32; m * n]).collect();
+    let mut xq = Vec::with_capacity(k / QK);
+    /// One output row, written by the pool's workers at disjoint tiles.
+    struct Out(*mut f32);
+    // SAFETY: every tile covers its own rows of one output, and each tile
+    // index goes to exactly one thread.
+    unsafe impl Sync for Out {}
     for (i, xi) in x.chunks_exact(k).enumerate() {
         quantize_row(xi, &mut xq);
         let xq = &xq;
-        /// The output, written by the pool's workers at disjoint tiles.
-        struct Out(*mut f32);
-        // SAFETY: every tile covers its own rows of `all`, and each tile
-        // index goes to exactly one thread.
-        unsafe impl Sync for Out {}
-        let out = Out(all.as_mut_ptr());
-        super::pool::for_ranges(tiles.len(), |range| {
-            let out = &out;
-            for &(wi, r, len, at) in &tiles[range] {
-                let w = &ws[wi].0[r * row_bytes..(r + len) * row_bytes];
-                // SAFETY: at + len ≤ total = all.len(); this tile's rows only.
-                let y = unsafe { std::slice::from_raw_parts_mut(out.0.add(at), len) };
-                path.rows_dot(kind, w, row_bytes, xq, y);
+        let outs: Vec<Out> = (ys.iter_mut().zip(ws))
+            .map(|(y, &(_, n))| Out(y[i * n..(i + 1) * n].as_mut_ptr()))
+            .collect();
+        super::pool::for_ranges(total, |range| {
+            let mut wi = 0;
+            for t in range {
+                while wi + 1 < starts.len() && starts[wi + 1] <= t {
+                    wi += 1;
+                }
+                let (w, n) = ws[wi];
+                let r = (t - starts[wi]) * TILE;
+                let len = TILE.min(n - r);
+                // SAFETY: r + len ≤ n, the length of this output row; this
+                // tile's rows only.
+                let y = unsafe { std::slice::from_raw_parts_mut(outs[wi].0.add(r), len) };
+                path.rows_dot(kind, &w[r * row_bytes..(r + len) * row_bytes], row_bytes, xq, y);
             }
         });
-        let mut at = 0;
-        for (y, (_, n)) in ys.iter_mut().zip(ws) {
-            y[i * n..(i + 1) * n].copy_from_slice(&all[at..at + n]);
-            at += n;
-        }
     }
     ys
 }
