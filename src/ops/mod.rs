@@ -166,46 +166,35 @@ pub fn threads() -> usize {
         .unwrap_or_else(candle_core::utils::get_num_threads)
 }
 
-/// Sets `out[r] = f(r)` for every index, with the rows spread over our
-/// persistent pool (`ops::pool`).
-pub(crate) fn fill_rows(out: &mut [f32], f: impl Fn(usize) -> f32 + Sync) {
-    /// The output, written by the pool's workers at disjoint indices.
-    struct Out(*mut f32);
-    // SAFETY: each index is handed to exactly one thread (for_ranges
-    // splits 0..len into disjoint ranges), so no two writes alias.
-    unsafe impl Sync for Out {}
-    let (len, out) = (out.len(), Out(out.as_mut_ptr()));
-    pool::for_ranges(len, |rows| {
-        let out = &out;
-        for r in rows {
-            // SAFETY: r < len, and r is written by this worker only.
-            unsafe { *out.0.add(r) = f(r) };
-        }
-    });
-}
-
 /// For several outputs at once (the projections that read one input):
 /// sets `outs[w][r] = f(w, r)` for every output `w` and row `r`, all rows of
-/// all outputs in one pool job.
-pub(crate) fn fill_split(outs: &mut [Vec<f32>], f: impl Fn(usize, usize) -> f32 + Sync) {
-    let starts: Vec<usize> = outs
-        .iter()
-        .scan(0, |acc, o| {
-            let s = *acc;
-            *acc += o.len();
-            Some(s)
-        })
-        .collect();
-    let total: usize = outs.iter().map(Vec::len).sum();
-    let mut all = vec![0f32; total];
-    fill_rows(&mut all, |i| {
-        let w = starts.partition_point(|&s| s <= i) - 1;
-        f(w, i - starts[w])
-    });
-    for (o, &s) in outs.iter_mut().zip(&starts) {
-        let n = o.len();
-        o.copy_from_slice(&all[s..s + n]);
+/// all outputs in one pool job, written in place.
+pub(crate) fn fill_split(outs: &mut [&mut [f32]], f: impl Fn(usize, usize) -> f32 + Sync) {
+    /// An output, written by the pool's workers at disjoint rows.
+    struct Out(*mut f32);
+    // SAFETY: each (output, row) is handed to exactly one thread (for_ranges
+    // splits 0..total into disjoint ranges), so no two writes alias.
+    unsafe impl Sync for Out {}
+    let mut starts = Vec::with_capacity(outs.len());
+    let mut total = 0;
+    for o in outs.iter() {
+        starts.push(total);
+        total += o.len();
     }
+    let outs: Vec<Out> = outs.iter_mut().map(|o| Out(o.as_mut_ptr())).collect();
+    pool::for_ranges(total, |items| {
+        let mut w = 0;
+        for i in items {
+            // Past the outputs that end at or before i (empty ones too).
+            while w + 1 < starts.len() && starts[w + 1] <= i {
+                w += 1;
+            }
+            let r = i - starts[w];
+            // SAFETY: r < outs[w]'s length (starts[w + 1] > i), and this
+            // (output, row) is written by this thread only.
+            unsafe { *outs[w].0.add(r) = f(w, r) };
+        }
+    });
 }
 
 /// The decode driver of the per-row kernels (`kquant`, `vecdot`): each
@@ -221,13 +210,12 @@ pub(crate) fn matmul_rows<P: Sync>(
 ) -> Vec<Vec<f32>> {
     let m = x.len() / k.max(1);
     let mut ys: Vec<Vec<f32>> = ns.iter().map(|n| vec![0f32; m * n]).collect();
-    let mut row: Vec<Vec<f32>> = ns.iter().map(|&n| vec![0f32; n]).collect();
     for (i, xi) in x.chunks_exact(k.max(1)).enumerate() {
         let p = prepare(xi);
-        fill_split(&mut row, |w, r| dot(&p, w, r));
-        for ((y, r), n) in ys.iter_mut().zip(&row).zip(ns) {
-            y[i * n..(i + 1) * n].copy_from_slice(r);
-        }
+        let mut rows: Vec<&mut [f32]> = (ys.iter_mut().zip(ns))
+            .map(|(y, &n)| &mut y[i * n..(i + 1) * n])
+            .collect();
+        fill_split(&mut rows, |w, r| dot(&p, w, r));
     }
     ys
 }
@@ -285,6 +273,22 @@ pub(crate) fn test_values(n: usize, seed: u64) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::Lines;
+
+    /// Every row of every output (empty ones and long ones spread over
+    /// several pool chunks included) gets its own value, in place.
+    #[test]
+    fn fill_split_writes_every_row_of_every_output() {
+        let lens = [3usize, 0, 5000, 1, 0, 77];
+        let mut bufs: Vec<Vec<f32>> = lens.iter().map(|&n| vec![-1.0; n]).collect();
+        let mut outs: Vec<&mut [f32]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
+        super::fill_split(&mut outs, |w, r| (w * 10_000 + r) as f32);
+        for (w, b) in bufs.iter().enumerate() {
+            assert!(b
+                .iter()
+                .enumerate()
+                .all(|(r, &v)| v == (w * 10_000 + r) as f32));
+        }
+    }
 
     /// Every buffer starts on a cache line; `resized` keeps what was
     /// there, `zeroed` clears it, `get` and `get_mut` give the last

@@ -670,7 +670,13 @@ pub fn matmul_many(
                 // SAFETY: r + len ≤ n, the length of this output row; this
                 // tile's rows only.
                 let y = unsafe { std::slice::from_raw_parts_mut(outs[wi].0.add(r), len) };
-                path.rows_dot(kind, &w[r * row_bytes..(r + len) * row_bytes], row_bytes, xq, y);
+                path.rows_dot(
+                    kind,
+                    &w[r * row_bytes..(r + len) * row_bytes],
+                    row_bytes,
+                    xq,
+                    y,
+                );
             }
         });
     }
