@@ -52,6 +52,7 @@ fn json_has_one_object_per_test_with_the_named_fields() {
             "decode_tok_s",
             "decode_tok_s_stddev",
             "load_s",
+            "huge_pages_s",
             "peak_rss_bytes",
             "cpu",
         ] {

@@ -89,6 +89,9 @@ pub struct TestResult {
     /// The adapter (expert) in use (", merged" when folded in), if any.
     pub expert: Option<String>,
     pub load_s: f64,
+    /// Seconds waited after loading for the weights' move onto huge pages
+    /// (`ops::huge_pages`; runs behind the first prompt in a chat).
+    pub huge_pages_s: f64,
     /// The process's peak RSS after this test.
     pub peak_rss_bytes: u64,
     pub cpu: CpuInfo,
@@ -160,6 +163,11 @@ fn run_tests(args: &BenchArgs) -> Result<Vec<TestResult>> {
     let mut loaded = args.model.load()?;
     let experts = args.adapters.load(&mut loaded)?;
     let load_s = t0.elapsed().as_secs_f64();
+    // Measure the steady state: the weights' move onto huge pages, which
+    // runs behind a chat's first prompt, finishes first.
+    let t1 = Instant::now();
+    crate::ops::huge_pages::wait();
+    let huge_pages_s = t1.elapsed().as_secs_f64();
     let format = loaded.model.weight_format();
     let base = loaded.tokenizer.encode(BENCH_TEXT)?;
     let ids = |n: usize| -> Vec<u32> { base.iter().copied().cycle().take(n).collect() };
@@ -239,6 +247,7 @@ fn run_tests(args: &BenchArgs) -> Result<Vec<TestResult>> {
             samples_tok_s: samples,
             expert: engine.expert_name(),
             load_s,
+            huge_pages_s,
             peak_rss_bytes: peak_rss_bytes(),
             cpu: cpu.clone(),
         });

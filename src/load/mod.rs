@@ -89,6 +89,9 @@ pub fn load(spec: &ModelSpec) -> Result<LoadedModel> {
         });
         let model = model?;
         let tokenizer = join(tokenizer)?;
+        // Decode streams every weight once per token: onto huge pages, on
+        // a thread of their own once loading is done (`ops::huge_pages`).
+        crate::ops::huge_pages::collapse(model.weight_spans());
         let eos_ids = crate::tokenizer::gguf::eog_ids(&file);
         return Ok(LoadedModel {
             eos_ids: or_config_eos(eos_ids, &model.config),
@@ -124,6 +127,9 @@ pub fn load(spec: &ModelSpec) -> Result<LoadedModel> {
     });
     let (model, quant_report) = model?;
     let tokenizer = join(tokenizer)?;
+    // Decode streams every weight once per token: onto huge pages, on a
+    // thread of their own once loading is done (`ops::huge_pages`).
+    crate::ops::huge_pages::collapse(model.weight_spans());
     let gen_cfg = path.join("generation_config.json");
     let eos_ids = if gen_cfg.is_file() {
         eos_ids_from_generation_config(&gen_cfg)?

@@ -51,15 +51,6 @@ impl Model {
         } else {
             embedding.as_linear()?
         };
-        // Decode streams every projection once per token: on huge pages,
-        // not 4 KiB ones (`ops::huge_pages`).
-        crate::ops::huge_pages::collapse(
-            layers
-                .iter()
-                .flat_map(DecoderLayer::projections)
-                .chain([&lm_head])
-                .filter_map(Linear::weight_span),
-        );
         let rope = Rope::new(
             &config.rope,
             config.head_dim,
@@ -76,6 +67,16 @@ impl Model {
             dtype,
             config,
         })
+    }
+
+    /// Where the projection weights (the lm_head included) lie in memory,
+    /// as (address, bytes): what decode streams on every token.
+    pub fn weight_spans(&self) -> Vec<(usize, usize)> {
+        (self.layers.iter())
+            .flat_map(DecoderLayer::projections)
+            .chain([&self.lm_head])
+            .filter_map(Linear::weight_span)
+            .collect()
     }
 
     pub fn device(&self) -> &Device {

@@ -23,6 +23,18 @@ pub fn enabled() -> bool {
         && std::env::var("EXPERT_HUGE_PAGES").map_or(true, |v| v != "0")
 }
 
+/// Collapses still running.
+static PENDING: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Waits until every collapse started so far has finished.
+pub fn wait() {
+    let pending = std::mem::take(&mut *PENDING.lock().unwrap_or_else(|e| e.into_inner()));
+    for h in pending {
+        let _ = h.join();
+    }
+}
+
 /// Weights below this size in all are left on their pages: they fit the
 /// TLB's reach, and the tests load many tiny models.
 pub const COLLAPSE_MIN_BYTES: usize = 32 << 20;
@@ -34,11 +46,13 @@ pub const COLLAPSE_MIN_BYTES: usize = 32 << 20;
 ///
 /// Weights were faulted in 4 KiB at a time while being copied, mostly into
 /// glibc's heap, where they lie next to each other: the spans merge into a
-/// few ranges. The collapse copies them once, at load: 0.6B q8_0 (633 MB)
-/// loads in 0.79–0.85 s instead of 0.67 when the VM has huge pages to give,
-/// 1.95 s when its host has to supply them first (the first run after a
-/// while). On a thread of its own it slowed the tokenizer's build and the
-/// first prompt instead.
+/// few ranges. The collapse copies them once, on a thread of its own, so a
+/// loaded model is usable at once and decodes faster as it proceeds
+/// (reading weights meanwhile is safe: a collapse never changes contents).
+/// It costs 0.1–0.2 s of a core for 633 MB (0.6B q8_0) when the VM has
+/// huge pages to give, up to 1.4–2.5 s when its host has to supply the
+/// memory first; run inside loading it made loads that much slower.
+/// [`wait`] waits for it (`expert bench`, before it measures).
 pub fn collapse(spans: impl IntoIterator<Item = (usize, usize)>) {
     const HUGE: usize = 2 << 20;
     let spans: Vec<(usize, usize)> = spans.into_iter().filter(|s| s.1 > 0).collect();
@@ -59,15 +73,26 @@ pub fn collapse(spans: impl IntoIterator<Item = (usize, usize)>) {
     }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        // One call stops at the first mapping it cannot collapse (a guard
-        // page, a file): each range is cut to the private anonymous
-        // mappings it covers, whole 2 MiB pages inside them.
-        let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-        for (a, b) in clip_to_anonymous(&merged, &maps) {
-            // SAFETY: MADV_COLLAPSE copies the range's contents into huge
-            // pages and never changes them; memory in the same 2 MiB pages
-            // beside the weights (heap neighbours) moves along unchanged.
-            unsafe { libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_COLLAPSE) };
+        let collapse = move || {
+            // One call stops at the first mapping it cannot collapse (a
+            // guard page, a file): each range is cut to the private
+            // anonymous mappings it covers, whole 2 MiB pages inside them.
+            let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+            for (a, b) in clip_to_anonymous(&merged, &maps) {
+                // SAFETY: MADV_COLLAPSE copies the range's contents into
+                // huge pages and never changes them; memory in the same
+                // 2 MiB pages beside the weights (heap neighbours) moves
+                // along unchanged, and memory unmapped meanwhile only makes
+                // the call return an error.
+                unsafe { libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_COLLAPSE) };
+            }
+        };
+        // Without a thread the weights stay on the pages they have.
+        if let Ok(h) = std::thread::Builder::new()
+            .name("expert-huge-pages".into())
+            .spawn(collapse)
+        {
+            PENDING.lock().unwrap_or_else(|e| e.into_inner()).push(h);
         }
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
