@@ -23,9 +23,10 @@
 #     converter (f32, f16, bf16) and quantizer (q8_0, q4_0, q4_k_m);
 #   - SmolLM2-135M-Instruct Q4_1 (scripts/fetch_test_model.sh).
 # It measures the machine's read bandwidth (a 2 GiB array on 2 MiB pages
-# summed by every thread, before and after the rows), then runs `expert bench` and `llama-bench` back to back per row,
-# and writes the table with the ratios expert/llama.cpp and
-# expert/bandwidth ceiling (weight bytes read per decoded token ÷ bandwidth).
+# summed by every thread, before and after the rows), then runs
+# `expert bench` and `llama-bench` back to back per row, and writes the
+# table with the ratios expert/llama.cpp and expert/bandwidth ceiling
+# (weight bytes read per decoded token ÷ bandwidth).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD

@@ -3,15 +3,16 @@
 //! Decode streams every weight once per token. On 4 KiB pages that is a TLB
 //! miss every 4 KiB, and in a virtual machine each miss walks two page
 //! tables. On the 2-core Xeon VM (same-run A/B, `EXPERT_HUGE_PAGES=0`
-//! against the default) 0.6B q8_0 decode went from 28.2–28.5 to 34.0–34.8
-//! tok/s on one day and from 31.2 to 33.4 on another, q4_0 39.2 → 44.3,
-//! SmolLM2 Q4_1 161 → 180; a plain 2-thread read of 2 GiB runs 22–29 GB/s
-//! from 4 KiB pages and 29–34 GB/s from 2 MiB ones.
+//! against the default, 2026-12-03) 0.6B q8_0 decode went from 31.9 to
+//! 35.6 tok/s, q4_0 42.5 → 49.2, q4_k_m 39.8 → 48.9, bf16 19.1 → 21.5,
+//! SmolLM2 Q4_1 176 → 198 (docs/performance.md has every row); a plain
+//! 2-thread read of 2 GiB runs 22–29 GB/s from 4 KiB pages and 29–34 GB/s
+//! from 2 MiB ones.
 //!
 //! Linux's default THP mode, `madvise`, gives huge pages only to memory that
 //! asks for them, and weights are copied into ordinary heap memory while
-//! they load. So once a model is built its weights are collapsed onto huge
-//! pages (`MADV_COLLAPSE`, Linux 6.1 on). `EXPERT_HUGE_PAGES=0` turns this
+//! they load. So once a model is loaded its weights are collapsed onto huge
+//! pages (`MADV_COLLAPSE`, Linux 6.1 on), on a thread of their own. `EXPERT_HUGE_PAGES=0` turns this
 //! off; other systems keep their pages. (Advising blocks onto huge pages as
 //! they are allocated, in a global allocator, got a third to a half of the
 //! weights there: glibc writes its chunk headers on both sides of a block
@@ -135,7 +136,8 @@ fn clip_to_anonymous(ranges: &[(usize, usize)], maps: &str) -> Vec<(usize, usize
 #[cfg(test)]
 mod tests {
     /// Collapsing a weight-sized block (and its heap neighbours) keeps
-    /// every byte; a span list under the minimum is left alone.
+    /// every byte, once the move has finished; a span list under the
+    /// minimum starts nothing.
     #[test]
     fn collapse_keeps_contents() {
         let n = super::COLLAPSE_MIN_BYTES + 3 * 4096 + 17;
@@ -146,6 +148,7 @@ mod tests {
             (small.as_ptr() as usize, 4096),
         ]);
         super::collapse([(small.as_ptr() as usize, small.len())]);
+        super::wait();
         assert!(w.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
         assert!(small.iter().enumerate().all(|(i, &b)| b == (i % 13) as u8));
     }
