@@ -94,22 +94,13 @@ impl Linear {
 
     /// Where the weight lies in memory (address, bytes); None off the CPU.
     pub fn weight_span(&self) -> Option<(usize, usize)> {
-        use candle_core::{CpuStorage, Storage};
         match &self.weight {
             LinearWeight::Quantized(QMatMul::QTensor(q)) if q.device().is_cpu() => {
                 let d = q.data().ok()?;
                 Some((d.as_ptr() as usize, d.len()))
             }
             LinearWeight::Dense(l) => {
-                let (storage, layout) = l.weight().storage_and_layout();
-                let (a, b) = layout.contiguous_offsets()?;
-                let (at, size) = match &*storage {
-                    Storage::Cpu(CpuStorage::F32(d)) => (d.as_ptr() as usize, 4),
-                    Storage::Cpu(CpuStorage::BF16(d)) => (d.as_ptr() as usize, 2),
-                    Storage::Cpu(CpuStorage::F16(d)) => (d.as_ptr() as usize, 2),
-                    _ => return None,
-                };
-                Some((at + a * size, (b - a) * size))
+                crate::ops::matmul::dense_rows(l.weight(), |rows| Some(rows.span()))
             }
             _ => None,
         }

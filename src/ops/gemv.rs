@@ -30,6 +30,15 @@ impl Rows<'_> {
             Rows::F16(w) => w.len(),
         }
     }
+
+    /// Where the elements lie in memory: (address, bytes).
+    pub fn span(&self) -> (usize, usize) {
+        match self {
+            Rows::F32(w) => (w.as_ptr() as usize, std::mem::size_of_val(*w)),
+            Rows::Bf16(w) => (w.as_ptr() as usize, std::mem::size_of_val(*w)),
+            Rows::F16(w) => (w.as_ptr() as usize, std::mem::size_of_val(*w)),
+        }
+    }
 }
 
 /// Which dot product to use; picked once per call.

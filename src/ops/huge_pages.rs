@@ -19,7 +19,7 @@
 //! before the advice, and the 2 MiB pages they fall in stay small.)
 
 /// Whether weights are moved onto huge pages: not with `EXPERT_HUGE_PAGES=0`.
-pub fn enabled() -> bool {
+fn enabled() -> bool {
     cfg!(all(target_os = "linux", target_env = "gnu"))
         && std::env::var("EXPERT_HUGE_PAGES").map_or(true, |v| v != "0")
 }
@@ -38,7 +38,7 @@ pub fn wait() {
 
 /// Weights below this size in all are left on their pages: they fit the
 /// TLB's reach, and the tests load many tiny models.
-pub const COLLAPSE_MIN_BYTES: usize = 32 << 20;
+const COLLAPSE_MIN_BYTES: usize = 32 << 20;
 
 /// Moves loaded weights onto huge pages: `MADV_COLLAPSE` (Linux 6.1 on;
 /// elsewhere, or when the kernel refuses, the pages stay as they are) over
