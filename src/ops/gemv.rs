@@ -4,14 +4,16 @@
 //! tied lm_head (SmolLM2: 49152 × 576 f32, 113 MB per token) that thread
 //! reads everything alone while the others idle, and a bf16 weight is first
 //! widened to f32 whole, on every call. Here output rows are spread over our
-//! pool in groups of four (four streams from memory, one load of x shared),
-//! each group in AVX-512 with its next cache lines prefetched, else AVX2+FMA
+//! pool in groups of four, each thread reading its share of the weight as
+//! one sequential stream with its cache lines prefetched 2 KB ahead; bf16
+//! and f16 in AVX-512, f32 (and everything without AVX-512) in AVX2+FMA
 //! (picked at run time; scalar otherwise); bf16 and f16 weights are widened
 //! to f32 in registers, so a bf16 checkpoint is read at 2 bytes a weight and
 //! computed exactly as its f32 widening would be. The summation order differs
 //! from gemm's, so results differ in the last bits: the tests bound the
 //! difference by 1e-6 × Σ|w·x| per output.
 
+use super::ReadOrder;
 use half::{bf16, f16};
 
 /// A weight matrix's rows, row-major (n, k), in the precision it is held in.
@@ -47,9 +49,9 @@ pub enum Path {
     Scalar,
     #[cfg(target_arch = "x86_64")]
     Avx2Fma,
-    /// AVX2+FMA, with decode's groups of rows (`dots`) in AVX-512F/BW/VL:
-    /// half the instructions per weight, which bf16 and f16 need to keep
-    /// up with memory.
+    /// AVX2+FMA, with decode's bf16 and f16 groups of rows (`dots`) in
+    /// AVX-512F/BW/VL: half the instructions per weight, which they need to
+    /// keep up with memory.
     #[cfg(target_arch = "x86_64")]
     Avx512,
 }
@@ -109,14 +111,16 @@ impl Path {
     }
 }
 
-/// Rows decoded together: several streams from memory at once keep more
-/// reads in flight than one (f32 weights on a 2-core Xeon: one row at a
-/// time 20–24 GB/s, four 28–30).
+/// Rows per work unit and per kernel call. The kernels read them one after
+/// the other: four rows at once (four streams) kept more reads in flight
+/// on 4 KiB pages, but with weights on 2 MiB pages one prefetched stream
+/// is faster (bf16 decode 19.8–20.1 → 23.4–23.5 tok/s, f32 11.6 → 12.5,
+/// AVX2 bf16 15.7 → 23.0; 2-core Xeon).
 const ROWS_AT_ONCE: usize = 4;
 
 impl Path {
     /// out[j] = row `r0 + j` of `w` · `x` for j < out.len() (≤ ROWS_AT_ONCE).
-    fn dots(self, w: Rows, r0: usize, k: usize, x: &[f32], out: &mut [f32]) {
+    fn dots(self, order: ReadOrder, w: Rows, r0: usize, k: usize, x: &[f32], out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if self != Path::Scalar && out.len() == ROWS_AT_ONCE {
             let range = r0 * k..(r0 + ROWS_AT_ONCE) * k;
@@ -125,12 +129,14 @@ impl Path {
             // rows of k.
             let sums = unsafe {
                 match (self, w) {
-                    (Path::Avx512, Rows::F32(w)) => avx512::dot4_f32(&w[range], k, x),
-                    (Path::Avx512, Rows::Bf16(w)) => avx512::dot4_bf16(&w[range], k, x),
-                    (Path::Avx512, Rows::F16(w)) => avx512::dot4_f16(&w[range], k, x),
-                    (_, Rows::F32(w)) => avx2::dot4_f32(&w[range], k, x),
-                    (_, Rows::Bf16(w)) => avx2::dot4_bf16(&w[range], k, x),
-                    (_, Rows::F16(w)) => avx2::dot4_f16(&w[range], k, x),
+                    (Path::Avx512, Rows::F32(w)) if order == ReadOrder::Interleaved => {
+                        avx512::dot4_f32(&w[range], k, x)
+                    }
+                    (Path::Avx512, Rows::Bf16(w)) => avx512::dot4_bf16(order, &w[range], k, x),
+                    (Path::Avx512, Rows::F16(w)) => avx512::dot4_f16(order, &w[range], k, x),
+                    (_, Rows::F32(w)) => avx2::dot4_f32(order, &w[range], k, x),
+                    (_, Rows::Bf16(w)) => avx2::dot4_bf16(order, &w[range], k, x),
+                    (_, Rows::F16(w)) => avx2::dot4_f16(order, &w[range], k, x),
                 }
             };
             out.copy_from_slice(&sums);
@@ -165,6 +171,7 @@ fn dot_scalar<T: Copy>(w: &[T], x: &[f32], widen: impl Fn(T) -> f32) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
+    use super::ReadOrder;
     use half::{bf16, f16};
     use std::arch::x86_64::*;
 
@@ -204,9 +211,9 @@ mod avx2 {
     }
 
     /// Σ w·x for 4 rows at once (row r at `load(r, i)`), 2 × 8 running
-    /// sums each, sharing each load of x.
+    /// sums each, sharing each load of x (`ReadOrder::Interleaved`).
     #[inline(always)]
-    unsafe fn dot4(
+    unsafe fn dot4_across(
         k: usize,
         load: impl Fn(usize, usize) -> __m256,
         x: &[f32],
@@ -244,37 +251,97 @@ mod avx2 {
         })
     }
 
-    /// 4 rows of `w` (4·k elements) · x.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot4_f32(w: &[f32], k: usize, x: &[f32]) -> [f32; 4] {
-        let p = w.as_ptr();
-        dot4(
-            k,
-            |r, i| _mm256_loadu_ps(p.add(r * k + i)),
-            x,
-            |r, i| w[r * k + i],
-        )
+    /// Bytes ahead of the loads that `dot4_along` asks for the weight's
+    /// cache lines (`prefetcht0`), as the AVX-512 kernel's.
+    const PREFETCH_BYTES: usize = 2048;
+
+    /// Σ w·x for 4 consecutive rows of 2-byte weights (row r at
+    /// `load(r, i)`, 8 widened weights), one row after the other so that
+    /// they are read as one sequential stream, 4 × 8 running sums per row.
+    /// Also the f32 kernel on AVX-512 machines: its 512-bit version of this
+    /// was 8 % slower on f32 (12.5 vs 11.6 tok/s).
+    #[inline(always)]
+    unsafe fn dot4_along<const BYTES: usize>(
+        k: usize,
+        p: *const u8,
+        load: impl Fn(usize, usize) -> __m256,
+        x: &[f32],
+        tail: impl Fn(usize, usize) -> f32,
+    ) -> [f32; 4] {
+        let px = x.as_ptr();
+        let mut sums = [0f32; 4];
+        for (r, sum) in sums.iter_mut().enumerate() {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut i = 0;
+            // SAFETY: every load reads 8 elements below k.
+            while i + 32 <= k {
+                // 32 weights are BYTES / 2 cache lines. A hint only: an
+                // address past the weight does not fault.
+                for l in 0..BYTES / 2 {
+                    let at = p.wrapping_add((r * k + i) * BYTES + l * 64 + PREFETCH_BYTES);
+                    _mm_prefetch::<_MM_HINT_T0>(at as *const i8);
+                }
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let o = i + 8 * j;
+                    *a = _mm256_fmadd_ps(load(r, o), _mm256_loadu_ps(px.add(o)), *a);
+                }
+                i += 32;
+            }
+            while i + 8 <= k {
+                acc[0] = _mm256_fmadd_ps(load(r, i), _mm256_loadu_ps(px.add(i)), acc[0]);
+                i += 8;
+            }
+            let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+            let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0b01));
+            *sum = _mm_cvtss_f32(s);
+            for (t, xt) in x.iter().enumerate().take(k).skip(i) {
+                *sum += tail(r, t) * xt;
+            }
+        }
+        sums
     }
 
-    /// 4 rows of `w` (4·k elements) · x.
+    /// 4 rows of `w` (4·k elements) · x, read in `order`.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot4_bf16(w: &[bf16], k: usize, x: &[f32]) -> [f32; 4] {
+    pub unsafe fn dot4_f32(order: ReadOrder, w: &[f32], k: usize, x: &[f32]) -> [f32; 4] {
+        let p = w.as_ptr();
+        let load = |r: usize, i: usize| _mm256_loadu_ps(p.add(r * k + i));
+        let tail = |r: usize, i: usize| w[r * k + i];
+        match order {
+            ReadOrder::Sequential => dot4_along::<4>(k, p as *const u8, load, x, tail),
+            ReadOrder::Interleaved => dot4_across(k, load, x, tail),
+        }
+    }
+
+    /// 4 rows of `w` (4·k elements) · x, read in `order`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot4_bf16(order: ReadOrder, w: &[bf16], k: usize, x: &[f32]) -> [f32; 4] {
         let p = w.as_ptr();
         let load = |r: usize, i: usize| {
             let h = _mm_loadu_si128(p.add(r * k + i) as *const __m128i);
             _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
         };
-        dot4(k, load, x, |r, i| w[r * k + i].to_f32())
+        let tail = |r: usize, i: usize| w[r * k + i].to_f32();
+        match order {
+            ReadOrder::Sequential => dot4_along::<2>(k, p as *const u8, load, x, tail),
+            ReadOrder::Interleaved => dot4_across(k, load, x, tail),
+        }
     }
 
-    /// 4 rows of `w` (4·k elements) · x.
+    /// 4 rows of `w` (4·k elements) · x, read in `order`.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot4_f16(w: &[f16], k: usize, x: &[f32]) -> [f32; 4] {
+    pub unsafe fn dot4_f16(order: ReadOrder, w: &[f16], k: usize, x: &[f32]) -> [f32; 4] {
         let p = w.as_ptr();
         let load = |r: usize, i: usize| {
             _mm256_cvtph_ps(_mm_loadu_si128(p.add(r * k + i) as *const __m128i))
         };
-        dot4(k, load, x, |r, i| w[r * k + i].to_f32())
+        let tail = |r: usize, i: usize| w[r * k + i].to_f32();
+        match order {
+            ReadOrder::Sequential => dot4_along::<2>(k, p as *const u8, load, x, tail),
+            ReadOrder::Interleaved => dot4_across(k, load, x, tail),
+        }
     }
 
     /// y += a·x, eight lanes at a time (each element a·x + y rounded once:
@@ -322,24 +389,78 @@ mod avx2 {
     }
 }
 
-/// y = x·Wᵀ for `x` (m, k) f32 and `w` (n, k); returns (m, n).
-/// (The tests' single-weight entry point.)
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
+    use super::ReadOrder;
     use half::{bf16, f16};
     use std::arch::x86_64::*;
 
+    /// Bytes ahead of the loads that the weight's cache lines are asked
+    /// for (`prefetcht0`): rows read one after the other with 2 KB ahead
+    /// streamed a bf16 weight at 33–34 GB/s where four rows at once (four
+    /// streams, 768 bytes ahead) reached 27–29 (2-core Xeon, 2 MiB pages,
+    /// a 32 GB/s machine; 512 B: 33, 4 KB: slower, as was `prefetcht1`).
+    const PREFETCH_BYTES: usize = 2048;
+
+    /// Σ w·x for 4 consecutive rows (row r at `load(r, i)`, 16 widened
+    /// weights of `BYTES` bytes each, at `p + (r·k + i)·BYTES`), one row
+    /// after the other so that they are read as one sequential stream; four
+    /// 16-lane running sums per row; the last k mod 16 elements masked.
+    #[inline(always)]
+    unsafe fn dot4_along<const BYTES: usize>(
+        k: usize,
+        p: *const u8,
+        load: impl Fn(usize, usize, __mmask16) -> __m512,
+        x: &[f32],
+    ) -> [f32; 4] {
+        let px = x.as_ptr();
+        let full = k / 16 * 16;
+        let mut sums = [0f32; 4];
+        // A plain loop, not `array::from_fn`: a closure would not inherit
+        // the target features, and every intrinsic would become a call.
+        for (r, sum) in sums.iter_mut().enumerate() {
+            let mut acc = [_mm512_setzero_ps(); 4];
+            let mut i = 0;
+            while i + 64 <= full {
+                // 64 elements are BYTES cache lines. A hint only: an address
+                // past the weight does not fault.
+                for l in 0..BYTES {
+                    let at = p.wrapping_add((r * k + i) * BYTES + l * 64 + PREFETCH_BYTES);
+                    _mm_prefetch::<_MM_HINT_T0>(at as *const i8);
+                }
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let o = i + 16 * j;
+                    *a = _mm512_fmadd_ps(load(r, o, 0xffff), _mm512_loadu_ps(px.add(o)), *a);
+                }
+                i += 64;
+            }
+            while i < full {
+                acc[0] = _mm512_fmadd_ps(load(r, i, 0xffff), _mm512_loadu_ps(px.add(i)), acc[0]);
+                i += 16;
+            }
+            if full < k {
+                // Masked-off lanes load as 0 and add nothing.
+                let mask = (1u32 << (k - full)) as u16 - 1;
+                let xv = _mm512_maskz_loadu_ps(mask, px.add(full));
+                acc[1] = _mm512_fmadd_ps(load(r, full, mask), xv, acc[1]);
+            }
+            let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+            *sum = _mm512_reduce_add_ps(s);
+        }
+        sums
+    }
+
     /// Bytes ahead of the loads that each row's next cache line is asked
-    /// for (`prefetcht0`): a bf16 weight streamed at 19 GB/s without, 23
+    /// for in `dot4_across` (`prefetcht0`; 4 KiB pages): a bf16 weight streamed at 19 GB/s without, 23
     /// with 512 bytes ahead, 25 with 768–1024, 22 with 1536 (2-core Xeon).
-    const PREFETCH_BYTES: usize = 768;
+    const ACROSS_PREFETCH_BYTES: usize = 768;
 
     /// Σ w·x for 4 rows at once (row r at `load(r, i)`, 16 widened
     /// weights of `BYTES` bytes each, at `p + (r·k + i)·BYTES`), one 16-lane
     /// running sum each, sharing each load of x; the last k mod 16 elements
-    /// masked.
+    /// masked (`ReadOrder::Interleaved`).
     #[inline(always)]
-    unsafe fn dot4<const BYTES: usize>(
+    unsafe fn dot4_across<const BYTES: usize>(
         k: usize,
         p: *const u8,
         load: impl Fn(usize, usize, __mmask16) -> __m512,
@@ -360,7 +481,7 @@ mod avx512 {
         while i + line <= full {
             for r in 0..4 {
                 // A hint only: an address past the weight does not fault.
-                let at = p.wrapping_add((r * k + i) * BYTES + PREFETCH_BYTES);
+                let at = p.wrapping_add((r * k + i) * BYTES + ACROSS_PREFETCH_BYTES);
                 _mm_prefetch::<_MM_HINT_T0>(at as *const i8);
             }
             for s in (0..line).step_by(16) {
@@ -379,44 +500,61 @@ mod avx512 {
         acc.map(|a| _mm512_reduce_add_ps(a))
     }
 
-    /// 4 rows of `w` (4·k elements) · x.
+    /// 4 rows of `w` (4·k elements) · x, several rows at once (on huge
+    /// pages f32 reads faster through `avx2::dot4_f32`'s sequential order).
     #[target_feature(enable = "avx512f")]
     pub unsafe fn dot4_f32(w: &[f32], k: usize, x: &[f32]) -> [f32; 4] {
         let p = w.as_ptr();
         let load = |r: usize, i: usize, m: __mmask16| _mm512_maskz_loadu_ps(m, p.add(r * k + i));
-        dot4::<4>(k, p as *const u8, load, x)
+        dot4_across::<4>(k, p as *const u8, load, x)
     }
 
-    /// 4 rows of `w` (4·k elements) · x.
+    /// 4 rows of `w` (4·k elements) · x, read in `order`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    pub unsafe fn dot4_bf16(w: &[bf16], k: usize, x: &[f32]) -> [f32; 4] {
+    pub unsafe fn dot4_bf16(order: ReadOrder, w: &[bf16], k: usize, x: &[f32]) -> [f32; 4] {
         let p = w.as_ptr() as *const i16;
         let load = |r: usize, i: usize, m: __mmask16| {
             let h = _mm256_maskz_loadu_epi16(m, p.add(r * k + i));
             _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
         };
-        dot4::<2>(k, p as *const u8, load, x)
+        match order {
+            ReadOrder::Sequential => dot4_along::<2>(k, p as *const u8, load, x),
+            ReadOrder::Interleaved => dot4_across::<2>(k, p as *const u8, load, x),
+        }
     }
 
-    /// 4 rows of `w` (4·k elements) · x.
+    /// 4 rows of `w` (4·k elements) · x, read in `order`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    pub unsafe fn dot4_f16(w: &[f16], k: usize, x: &[f32]) -> [f32; 4] {
+    pub unsafe fn dot4_f16(order: ReadOrder, w: &[f16], k: usize, x: &[f32]) -> [f32; 4] {
         let p = w.as_ptr() as *const i16;
         let load = |r: usize, i: usize, m: __mmask16| {
             _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p.add(r * k + i)))
         };
-        dot4::<2>(k, p as *const u8, load, x)
+        match order {
+            ReadOrder::Sequential => dot4_along::<2>(k, p as *const u8, load, x),
+            ReadOrder::Interleaved => dot4_across::<2>(k, p as *const u8, load, x),
+        }
     }
 }
 
+/// y = x·Wᵀ for `x` (m, k) f32 and `w` (n, k); returns (m, n).
+/// (The tests' single-weight entry point.)
 #[cfg(test)]
-pub fn matmul(path: Path, w: Rows, n: usize, k: usize, x: &[f32]) -> Vec<f32> {
-    matmul_many(path, &[(w, n)], k, x).pop().unwrap_or_default()
+pub fn matmul(path: Path, order: ReadOrder, w: Rows, n: usize, k: usize, x: &[f32]) -> Vec<f32> {
+    matmul_many(path, order, &[(w, n)], k, x)
+        .pop()
+        .unwrap_or_default()
 }
 
 /// `matmul` for several weights (n_i, k) that read the same `x`, their rows
-/// in one pool job per activation row; returns each (m, n_i).
-pub fn matmul_many(path: Path, ws: &[(Rows, usize)], k: usize, x: &[f32]) -> Vec<Vec<f32>> {
+/// in one pool job per activation row, read in `order`; returns each (m, n_i).
+pub fn matmul_many(
+    path: Path,
+    order: ReadOrder,
+    ws: &[(Rows, usize)],
+    k: usize,
+    x: &[f32],
+) -> Vec<Vec<f32>> {
     assert!(k > 0 && x.len().is_multiple_of(k));
     assert!(ws.iter().all(|(w, n)| w.len() == n * k));
     let m = x.len() / k;
@@ -439,7 +577,7 @@ pub fn matmul_many(path: Path, ws: &[(Rows, usize)], k: usize, x: &[f32]) -> Vec
     unsafe impl Sync for Outs {}
     let outs = Outs(ys.iter_mut().map(|y| y.as_mut_ptr()).collect());
     for (i, xi) in x.chunks_exact(k).enumerate() {
-        super::pool::for_ranges(units, |range| {
+        let go = |range: std::ops::Range<usize>| {
             let outs = &outs;
             for u in range {
                 let w = starts.partition_point(|&s| s <= u) - 1;
@@ -449,9 +587,10 @@ pub fn matmul_many(path: Path, ws: &[(Rows, usize)], k: usize, x: &[f32]) -> Vec
                 // SAFETY: rows r0..r0+len of output row i lie inside ys[w]
                 // (m·n long), and this unit is this worker's alone.
                 let out = unsafe { std::slice::from_raw_parts_mut(outs.0[w].add(i * n + r0), len) };
-                path.dots(rows, r0, k, xi, out);
+                path.dots(order, rows, r0, k, xi, out);
             }
-        });
+        };
+        order.for_ranges(units, go);
     }
     ys
 }
@@ -460,6 +599,16 @@ pub fn matmul_many(path: Path, ws: &[(Rows, usize)], k: usize, x: &[f32]) -> Vec
 mod tests {
     use super::*;
     use candle_core::{Device, Tensor};
+
+    /// Every path this CPU runs, with both read orders.
+    fn paths_and_orders() -> Vec<(Path, ReadOrder)> {
+        let orders = [ReadOrder::Sequential, ReadOrder::Interleaved];
+        let paths = Path::detect().and_narrower();
+        paths
+            .into_iter()
+            .flat_map(|p| orders.map(|o| (p, o)))
+            .collect()
+    }
 
     /// Both paths agree with candle's f32 matmul within 1e-6 × Σ|w·x| per
     /// output, on odd shapes (576, 1024, 3072 rows; k not a multiple of 32).
@@ -471,6 +620,7 @@ mod tests {
             (1024, 3072, 2),
             (49152, 64, 1),
             (7, 45, 5),
+            (13, 100, 2),
         ] {
             let w = crate::ops::test_values(n * k, n as u64);
             let x = crate::ops::test_values(m * k, k as u64 + 3);
@@ -483,8 +633,8 @@ mod tests {
                 .unwrap()
                 .to_vec1()
                 .unwrap();
-            for path in Path::detect().and_narrower() {
-                let ours = matmul(path, Rows::F32(&w), n, k, &x);
+            for (path, order) in paths_and_orders() {
+                let ours = matmul(path, order, Rows::F32(&w), n, k, &x);
                 for (i, (a, b)) in ours.iter().zip(&reference).enumerate() {
                     let (row, col) = (i / n, i % n);
                     let mag: f32 = (0..k)
@@ -492,7 +642,7 @@ mod tests {
                         .sum();
                     assert!(
                         (a - b).abs() <= 1e-6 * mag,
-                        "{path:?} ({n},{k})×{m} [{i}]: {a} vs {b}"
+                        "{path:?} {order:?} ({n},{k})×{m} [{i}]: {a} vs {b}"
                     );
                 }
             }
@@ -504,7 +654,13 @@ mod tests {
     /// within the same 1e-6 × Σ|w·x|; the scalar path is the reference.
     #[test]
     fn half_weights_agree_with_widened_f32() {
-        for (n, k, m) in [(576, 576, 1), (1024, 3072, 3), (151936, 16, 1), (9, 37, 16)] {
+        for (n, k, m) in [
+            (576, 576, 1),
+            (1024, 3072, 3),
+            (151936, 16, 1),
+            (9, 37, 16),
+            (13, 100, 2),
+        ] {
             let w32 = crate::ops::test_values(n * k, n as u64 + 1);
             let x = crate::ops::test_values(m * k, k as u64 + 5);
             let wb: Vec<bf16> = w32.iter().map(|&v| bf16::from_f32(v)).collect();
@@ -523,8 +679,8 @@ mod tests {
                     .unwrap()
                     .to_vec1()
                     .unwrap();
-                for path in Path::detect().and_narrower() {
-                    let ours = matmul(path, rows, n, k, &x);
+                for (path, order) in paths_and_orders() {
+                    let ours = matmul(path, order, rows, n, k, &x);
                     for (i, (a, b)) in ours.iter().zip(&reference).enumerate() {
                         let (row, col) = (i / n, i % n);
                         let mag: f32 = (0..k)
@@ -532,7 +688,7 @@ mod tests {
                             .sum();
                         assert!(
                             (a - b).abs() <= 1e-6 * mag,
-                            "{path:?} ({n},{k})×{m} [{i}]: {a} vs {b}"
+                            "{path:?} {order:?} ({n},{k})×{m} [{i}]: {a} vs {b}"
                         );
                     }
                 }

@@ -24,6 +24,16 @@ fn enabled() -> bool {
         && std::env::var("EXPERT_HUGE_PAGES").map_or(true, |v| v != "0")
 }
 
+/// Whether the last model's weights were moved onto huge pages (at least
+/// 90 % of their bytes): the decode kernels read them in the order that is
+/// fastest on the pages they are on (`ops::ReadOrder`).
+static ON_HUGE_PAGES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the weights now lie on huge pages (false while a collapse runs).
+pub fn weights_on_huge_pages() -> bool {
+    ON_HUGE_PAGES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Collapses still running.
 static PENDING: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>> =
     std::sync::Mutex::new(Vec::new());
@@ -56,8 +66,11 @@ const COLLAPSE_MIN_BYTES: usize = 32 << 20;
 /// [`wait`] waits for it (`expert bench`, before it measures).
 pub fn collapse(spans: impl IntoIterator<Item = (usize, usize)>) {
     const HUGE: usize = 2 << 20;
+    use std::sync::atomic::Ordering::Relaxed;
     let spans: Vec<(usize, usize)> = spans.into_iter().filter(|s| s.1 > 0).collect();
-    if spans.iter().map(|s| s.1).sum::<usize>() < COLLAPSE_MIN_BYTES || !enabled() {
+    let total: usize = spans.iter().map(|s| s.1).sum();
+    ON_HUGE_PAGES.store(false, Relaxed);
+    if total < COLLAPSE_MIN_BYTES || !enabled() {
         return;
     }
     let mut ranges: Vec<(usize, usize)> = spans
@@ -79,14 +92,22 @@ pub fn collapse(spans: impl IntoIterator<Item = (usize, usize)>) {
             // guard page, a file): each range is cut to the private
             // anonymous mappings it covers, whole 2 MiB pages inside them.
             let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+            let mut moved = 0;
             for (a, b) in clip_to_anonymous(&merged, &maps) {
                 // SAFETY: MADV_COLLAPSE copies the range's contents into
                 // huge pages and never changes them; memory in the same
                 // 2 MiB pages beside the weights (heap neighbours) moves
                 // along unchanged, and memory unmapped meanwhile only makes
                 // the call return an error.
-                unsafe { libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_COLLAPSE) };
+                if unsafe { libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_COLLAPSE) } == 0
+                {
+                    moved += b - a;
+                }
             }
+            // The ranges are whole 2 MiB pages around the spans, so `moved`
+            // can exceed `total`; 90 % leaves room for a few small weights
+            // in file mappings.
+            ON_HUGE_PAGES.store(moved >= total / 10 * 9, Relaxed);
         };
         // Without a thread the weights stay on the pages they have.
         if let Ok(h) = std::thread::Builder::new()

@@ -184,8 +184,20 @@ pub fn pool() -> &'static Pool {
 /// eight chunks per thread (a late or slow thread leaves its share to the
 /// others).
 pub fn for_ranges(n: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
+    for_chunks(n, 8, f);
+}
+
+/// `for_ranges` for the decode kernels that stream a weight from memory:
+/// two chunks per thread, so each thread reads a few long sequential runs.
+/// Every new run starts with its prefetches empty; with eight chunks per
+/// thread q8_0 decode ran 37.5–38.2 tok/s, with two 41.6–41.7 (2-core Xeon).
+pub fn for_streams(n: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
+    for_chunks(n, 2, f);
+}
+
+fn for_chunks(n: usize, per_thread: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
     let pool = pool();
-    let chunk = n.div_ceil(pool.threads() * 8).max(1);
+    let chunk = n.div_ceil(pool.threads() * per_thread).max(1);
     pool.run(n.div_ceil(chunk), &|c| {
         f(c * chunk..((c + 1) * chunk).min(n))
     });

@@ -321,7 +321,13 @@ pub fn matmul_many(
                 };
                 rows_of.push((r, *n));
             }
-            super::gemv::matmul_many(super::gemv::Path::detect(), &rows_of, k, &x32)
+            super::gemv::matmul_many(
+                super::gemv::Path::detect(),
+                super::ReadOrder::current(),
+                &rows_of,
+                k,
+                &x32,
+            )
         }
         WeightRef::Quantized(first) => {
             let t = first.dtype();
@@ -351,7 +357,8 @@ pub fn matmul_many(
             } else if rows >= DEQUANT_MIN_ROWS {
                 return Ok(None);
             } else if let Some(kind) = super::qdot::Kind::of(t) {
-                super::qdot::matmul_many(super::qdot::Path::detect(), kind, &refs, k, &x32)
+                let (path, order) = (super::qdot::Path::detect(), super::ReadOrder::current());
+                super::qdot::matmul_many(path, order, kind, &refs, k, &x32)
             } else if let Some(kind) = super::kquant::Kind::of(t) {
                 super::kquant::matmul_many(super::kquant::Path::detect(), kind, &refs, k, &x32)
             } else if let Some(ys) = super::vecdot::matmul_many(t, &refs, k, &x32) {
