@@ -451,8 +451,9 @@ mod avx512 {
     }
 
     /// Bytes ahead of the loads that each row's next cache line is asked
-    /// for in `dot4_across` (`prefetcht0`; 4 KiB pages): a bf16 weight streamed at 19 GB/s without, 23
-    /// with 512 bytes ahead, 25 with 768–1024, 22 with 1536 (2-core Xeon).
+    /// for in `dot4_across` (`prefetcht0`; 4 KiB pages): a bf16 weight
+    /// streamed at 19 GB/s without, 23 with 512 bytes ahead, 25 with
+    /// 768–1024, 22 with 1536 (2-core Xeon).
     const ACROSS_PREFETCH_BYTES: usize = 768;
 
     /// Σ w·x for 4 rows at once (row r at `load(r, i)`, 16 widened
