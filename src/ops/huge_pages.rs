@@ -24,14 +24,34 @@ fn enabled() -> bool {
         && std::env::var("EXPERT_HUGE_PAGES").map_or(true, |v| v != "0")
 }
 
-/// Whether the last model's weights were moved onto huge pages (at least
-/// 90 % of their bytes): the decode kernels read them in the order that is
-/// fastest on the pages they are on (`ops::ReadOrder`).
+/// Whether the last model's weights are being moved onto huge pages: the
+/// decode kernels read them in the order that is fastest there
+/// (`ops::ReadOrder`). Set when the move starts, from the system's
+/// settings alone, never from how far it has got: the kernels' float
+/// summation order depends on the read order, and a chat's output must not
+/// depend on timing.
 static ON_HUGE_PAGES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Whether the weights now lie on huge pages (false while a collapse runs).
+/// Whether the loaded weights lie on huge pages, or are being moved there.
 pub fn weights_on_huge_pages() -> bool {
     ON_HUGE_PAGES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Whether this system can collapse memory onto huge pages: THP not
+/// `never`, and a kernel with `MADV_COLLAPSE` (Linux 6.1).
+fn system_collapses() -> bool {
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled");
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    thp.is_ok_and(|t| !t.contains("[never]")) && has_madv_collapse(&release)
+}
+
+/// Whether a kernel release string ("6.18.0-foo") is Linux 6.1 or later.
+fn has_madv_collapse(release: &str) -> bool {
+    let mut v = release
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (6, 1)
 }
 
 /// Collapses still running.
@@ -69,8 +89,9 @@ pub fn collapse(spans: impl IntoIterator<Item = (usize, usize)>) {
     use std::sync::atomic::Ordering::Relaxed;
     let spans: Vec<(usize, usize)> = spans.into_iter().filter(|s| s.1 > 0).collect();
     let total: usize = spans.iter().map(|s| s.1).sum();
-    ON_HUGE_PAGES.store(false, Relaxed);
-    if total < COLLAPSE_MIN_BYTES || !enabled() {
+    let moving = total >= COLLAPSE_MIN_BYTES && enabled() && system_collapses();
+    ON_HUGE_PAGES.store(moving, Relaxed);
+    if !moving {
         return;
     }
     let mut ranges: Vec<(usize, usize)> = spans
@@ -92,22 +113,14 @@ pub fn collapse(spans: impl IntoIterator<Item = (usize, usize)>) {
             // guard page, a file): each range is cut to the private
             // anonymous mappings it covers, whole 2 MiB pages inside them.
             let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-            let mut moved = 0;
             for (a, b) in clip_to_anonymous(&merged, &maps) {
                 // SAFETY: MADV_COLLAPSE copies the range's contents into
                 // huge pages and never changes them; memory in the same
                 // 2 MiB pages beside the weights (heap neighbours) moves
                 // along unchanged, and memory unmapped meanwhile only makes
                 // the call return an error.
-                if unsafe { libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_COLLAPSE) } == 0
-                {
-                    moved += b - a;
-                }
+                unsafe { libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_COLLAPSE) };
             }
-            // The ranges are whole 2 MiB pages around the spans, so `moved`
-            // can exceed `total`; 90 % leaves room for a few small weights
-            // in file mappings.
-            ON_HUGE_PAGES.store(moved >= total / 10 * 9, Relaxed);
         };
         // Without a thread the weights stay on the pages they have.
         if let Ok(h) = std::thread::Builder::new()
@@ -156,6 +169,22 @@ fn clip_to_anonymous(ranges: &[(usize, usize)], maps: &str) -> Vec<(usize, usize
 
 #[cfg(test)]
 mod tests {
+    /// MADV_COLLAPSE arrived in Linux 6.1; anything unreadable counts as older.
+    #[test]
+    fn kernel_release_decides_collapse() {
+        for (release, want) in [
+            ("6.18.0-firecracker\n", true),
+            ("6.1", true),
+            ("7.0.2", true),
+            ("6.0.19-arch1", false),
+            ("5.15.0-91-generic", false),
+            ("", false),
+            ("linux", false),
+        ] {
+            assert_eq!(super::has_madv_collapse(release), want, "{release:?}");
+        }
+    }
+
     /// Collapsing a weight-sized block (and its heap neighbours) keeps
     /// every byte, once the move has finished; a span list under the
     /// minimum starts nothing.

@@ -183,7 +183,9 @@ pub enum ReadOrder {
 }
 
 impl ReadOrder {
-    /// Sequential once the weights are on huge pages, else interleaved.
+    /// Sequential when the weights are (being moved) on huge pages, else
+    /// interleaved: decided from the system's settings when the model is
+    /// loaded, so that results never depend on how far the move has got.
     pub fn current() -> Self {
         if huge_pages::weights_on_huge_pages() {
             ReadOrder::Sequential
