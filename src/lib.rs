@@ -25,5 +25,10 @@ pub mod quantize;
 pub mod sampling;
 pub mod tokenizer;
 
+/// The system allocator, plus the file mappings loaded GGUF tensors use
+/// in place (`load::mapped`).
+#[global_allocator]
+static ALLOCATOR: load::mapped::Allocator = load::mapped::Allocator;
+
 #[cfg(test)]
 mod test_fixtures;

@@ -4,10 +4,12 @@
 //! Names: the model asks for Hugging Face names (`model.layers.3.mlp.up_proj`)
 //! and `formats::gguf::gguf_name` maps them to llama.cpp's (`blk.3.ffn_up`).
 
-use crate::formats::gguf::{gguf_name, GgufFile};
+use super::mapped::{self, Region};
+use crate::formats::gguf::{gguf_name, GgufFile, GgufTensor};
 use crate::model::config::{Architecture, ModelConfig, RopeConfig, RopeScaling};
 use crate::model::weights::{expected_tensors, Weight, WeightSource};
 use anyhow::{bail, Context, Result};
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
 /// The model's hyper-parameters from `{arch}.*` metadata and tensor shapes.
@@ -246,16 +248,30 @@ pub struct GgufSource<'a> {
     device: Device,
     /// Dequantize every projection to a dense float matrix (reference runs).
     dequantize: bool,
+    /// The file mapped for tensors used in place (CPU; `load::mapped`).
+    region: Option<Region>,
 }
 
 impl<'a> GgufSource<'a> {
     pub fn new(file: &'a GgufFile, dtype: DType, device: &Device) -> Self {
+        let region = if device.is_cpu() && mapped::enabled() {
+            Region::map(file.handle())
+        } else {
+            None
+        };
         Self {
             file,
             dtype,
             device: device.clone(),
             dequantize: false,
+            region,
         }
+    }
+
+    /// The mapping the tensors use in place, to be moved into memory of
+    /// their own (`Region::settle`) once the model is built.
+    pub fn take_region(&mut self) -> Option<Region> {
+        self.region.take()
     }
 
     /// Every projection dequantized to a dense matrix in the compute dtype:
@@ -296,16 +312,99 @@ impl<'a> GgufSource<'a> {
 }
 
 impl GgufSource<'_> {
-    /// A float tensor as stored, copied out of the mapping by every thread
-    /// of the pool at once on the CPU (`load::copy`).
+    /// A float tensor as stored: on the CPU used in place from the mapping
+    /// (`load::mapped`), else copied out of it by every thread of the pool
+    /// at once (`load::copy`).
     fn float_tensor(&self, name: &str) -> Result<Option<Tensor>> {
         if !self.device.is_cpu() {
             return self.file.float_tensor(name, &self.device);
+        }
+        if let Some(t) = self.in_place(name, |r, at, bytes, info| {
+            let shape = info.shape.as_slice();
+            // SAFETY: floats are plain data.
+            let t = unsafe {
+                match info.dtype {
+                    GgmlDType::F32 => {
+                        Tensor::from_vec(r.vec::<f32>(at, bytes)?, shape, &Device::Cpu)
+                    }
+                    GgmlDType::F16 => {
+                        Tensor::from_vec(r.vec::<half::f16>(at, bytes)?, shape, &Device::Cpu)
+                    }
+                    GgmlDType::BF16 => {
+                        Tensor::from_vec(r.vec::<half::bf16>(at, bytes)?, shape, &Device::Cpu)
+                    }
+                    _ => return None,
+                }
+            };
+            t.ok()
+        }) {
+            return Ok(Some(t));
         }
         self.file.float_tensor_with(name, |bytes, dtype, shape| {
             super::copy::float_tensor(bytes, dtype, shape)
         })
     }
+
+    /// A quantized tensor: on the CPU used in place from the mapping, else
+    /// read out of the file.
+    fn qtensor(&self, name: &str) -> Result<QTensor> {
+        if self.device.is_cpu() {
+            if let Some(q) = self.in_place(name, mapped_qtensor) {
+                return Ok(q);
+            }
+        }
+        self.file.qtensor(name, &self.device)
+    }
+
+    /// `make(region, offset in the file, bytes, info)` for a tensor the
+    /// mapping holds; None without a mapping or where `make` declines.
+    fn in_place<T>(
+        &self,
+        name: &str,
+        make: impl FnOnce(&Region, usize, usize, &GgufTensor) -> Option<T>,
+    ) -> Option<T> {
+        let region = self.region.as_ref()?;
+        let info = self.file.tensor_info(name)?;
+        let at = usize::try_from(self.file.data_offset.checked_add(info.offset)?).ok()?;
+        make(region, at, usize::try_from(info.size).ok()?, info)
+    }
+}
+
+/// A quantized tensor whose blocks are the mapping's bytes (what candle's
+/// `qtensor_from_ggml` builds by copying them).
+fn mapped_qtensor(r: &Region, at: usize, bytes: usize, info: &GgufTensor) -> Option<QTensor> {
+    use candle_core::quantized::{k_quants as k, QStorage};
+    let block = info.dtype.block_size();
+    let elems: usize = info.shape.iter().product();
+    if !elems.is_multiple_of(block) {
+        return None;
+    }
+    let need = elems / block * info.dtype.type_size();
+    if need > bytes {
+        return None;
+    }
+    fn boxed<B: k::GgmlType + Send + Sync + 'static>(
+        r: &Region,
+        at: usize,
+        need: usize,
+    ) -> Option<QStorage> {
+        // SAFETY: ggml blocks are plain data (f16 scales, byte arrays).
+        Some(QStorage::Cpu(Box::new(unsafe { r.vec::<B>(at, need)? })))
+    }
+    let storage = match info.dtype {
+        GgmlDType::Q4_0 => boxed::<k::BlockQ4_0>(r, at, need)?,
+        GgmlDType::Q4_1 => boxed::<k::BlockQ4_1>(r, at, need)?,
+        GgmlDType::Q5_0 => boxed::<k::BlockQ5_0>(r, at, need)?,
+        GgmlDType::Q5_1 => boxed::<k::BlockQ5_1>(r, at, need)?,
+        GgmlDType::Q8_0 => boxed::<k::BlockQ8_0>(r, at, need)?,
+        GgmlDType::Q2K => boxed::<k::BlockQ2K>(r, at, need)?,
+        GgmlDType::Q3K => boxed::<k::BlockQ3K>(r, at, need)?,
+        GgmlDType::Q4K => boxed::<k::BlockQ4K>(r, at, need)?,
+        GgmlDType::Q5K => boxed::<k::BlockQ5K>(r, at, need)?,
+        GgmlDType::Q6K => boxed::<k::BlockQ6K>(r, at, need)?,
+        _ => return None,
+    };
+    QTensor::new(storage, info.shape.as_slice()).ok()
 }
 
 impl WeightSource for GgufSource<'_> {
@@ -314,10 +413,7 @@ impl WeightSource for GgufSource<'_> {
         self.check_shape(&g, shape)?;
         let t = match self.float_tensor(&g)? {
             Some(t) => t,
-            None => self
-                .file
-                .qtensor(&g, &self.device)?
-                .dequantize(&self.device)?,
+            None => self.qtensor(&g)?.dequantize(&self.device)?,
         };
         Ok(t.to_dtype(self.dtype)?)
     }
@@ -335,7 +431,7 @@ impl WeightSource for GgufSource<'_> {
         self.check_shape(&g, shape)?;
         match self.float_tensor(&g)? {
             Some(t) => Weight::from_float(t, self.dtype),
-            None => Weight::from_qtensor(self.file.qtensor(&g, &self.device)?, self.dtype),
+            None => Weight::from_qtensor(self.qtensor(&g)?, self.dtype),
         }
     }
 
@@ -346,5 +442,102 @@ impl WeightSource for GgufSource<'_> {
             return self.file.has_tensor("output.weight");
         }
         gguf_name(name).is_some_and(|g| self.file.has_tensor(&g))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formats::gguf::{write_file, MetaValue};
+
+    /// Every tensor type a GGUF holds is used in place from the mapping
+    /// (its data inside the mapped region) and holds exactly the values the
+    /// copying reader gives, in a file whose tensors sit at offsets that are
+    /// not multiples of a page.
+    #[test]
+    fn tensors_are_used_in_place_and_equal_the_copied_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.gguf");
+        let values = |rows: usize, cols: usize| {
+            let v: Vec<f32> = (0..rows * cols)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
+                .collect();
+            Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap()
+        };
+        let types = [
+            GgmlDType::F32,
+            GgmlDType::F16,
+            GgmlDType::BF16,
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+            GgmlDType::Q8_0,
+            GgmlDType::Q2K,
+            GgmlDType::Q3K,
+            GgmlDType::Q4K,
+            GgmlDType::Q5K,
+            GgmlDType::Q6K,
+        ];
+        let tensors: Vec<(String, QTensor)> = types
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| {
+                let q = QTensor::quantize(&values(3 + i % 2, 256), t).unwrap();
+                (format!("t{i}"), q)
+            })
+            .collect();
+        let meta = [(
+            "general.architecture".to_string(),
+            MetaValue::String("qwen3".into()),
+        )];
+        write_file(&path, &meta, &tensors).unwrap();
+        let file = GgufFile::open(&path).unwrap();
+        let src = GgufSource::new(&file, DType::F32, &Device::Cpu);
+        let region = src.region.as_ref();
+        if cfg!(all(target_os = "linux", target_env = "gnu")) && mapped::enabled() {
+            assert!(region.is_some(), "the file is mapped");
+        }
+        for (i, &t) in types.iter().enumerate() {
+            let name = format!("t{i}");
+            let copied = file.qtensor(&name, &Device::Cpu).unwrap();
+            let (addr, bytes) = match src.float_tensor(&name).unwrap() {
+                Some(f) => {
+                    let (s, _) = f.storage_and_layout();
+                    let candle_core::Storage::Cpu(c) = &*s else {
+                        unreachable!()
+                    };
+                    let addr = match c {
+                        candle_core::CpuStorage::F32(v) => v.as_ptr() as usize,
+                        candle_core::CpuStorage::F16(v) => v.as_ptr() as usize,
+                        candle_core::CpuStorage::BF16(v) => v.as_ptr() as usize,
+                        _ => panic!("{name}: not a float storage"),
+                    };
+                    let stored = f.flatten_all().unwrap();
+                    let want = copied
+                        .dequantize(&Device::Cpu)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap();
+                    let (a, b): (Vec<f32>, Vec<f32>) = (
+                        stored.to_dtype(DType::F32).unwrap().to_vec1().unwrap(),
+                        want.to_vec1().unwrap(),
+                    );
+                    assert_eq!(a, b, "{name} {t:?}");
+                    (addr, copied.data().unwrap().to_vec())
+                }
+                None => {
+                    let q = src.qtensor(&name).unwrap();
+                    assert_eq!(q.dtype(), t);
+                    assert_eq!(q.shape(), copied.shape());
+                    let data = q.data().unwrap();
+                    assert_eq!(data[..], copied.data().unwrap()[..], "{name} {t:?}");
+                    (data.as_ptr() as usize, data.to_vec())
+                }
+            };
+            if let Some(r) = region {
+                assert!(r.holds(addr, bytes.len()), "{name} {t:?} is used in place");
+            }
+        }
     }
 }

@@ -58,6 +58,18 @@ fn has_madv_collapse(release: &str) -> bool {
 static PENDING: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>> =
     std::sync::Mutex::new(Vec::new());
 
+/// Counts a thread that moves weights (`load::mapped`) as a pending move:
+/// [`wait`] waits for it too.
+pub fn track(h: std::thread::JoinHandle<()>) {
+    PENDING.lock().unwrap_or_else(|e| e.into_inner()).push(h);
+}
+
+/// Whether weights of `total` bytes go onto huge pages here: big enough,
+/// not turned off, and a system that can collapse memory.
+pub fn wanted(total: usize) -> bool {
+    total >= COLLAPSE_MIN_BYTES && enabled() && system_collapses()
+}
+
 /// Waits until every collapse started so far has finished.
 pub fn wait() {
     let pending = std::mem::take(&mut *PENDING.lock().unwrap_or_else(|e| e.into_inner()));
@@ -89,7 +101,7 @@ pub fn collapse(spans: impl IntoIterator<Item = (usize, usize)>) {
     use std::sync::atomic::Ordering::Relaxed;
     let spans: Vec<(usize, usize)> = spans.into_iter().filter(|s| s.1 > 0).collect();
     let total: usize = spans.iter().map(|s| s.1).sum();
-    let moving = total >= COLLAPSE_MIN_BYTES && enabled() && system_collapses();
+    let moving = wanted(total);
     ON_HUGE_PAGES.store(moving, Relaxed);
     if !moving {
         return;
@@ -127,7 +139,7 @@ pub fn collapse(spans: impl IntoIterator<Item = (usize, usize)>) {
             .name("expert-huge-pages".into())
             .spawn(collapse)
         {
-            PENDING.lock().unwrap_or_else(|e| e.into_inner()).push(h);
+            track(h);
         }
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]

@@ -282,6 +282,11 @@ impl GgufFile {
         })
     }
 
+    /// The open file (for a loader that maps it itself).
+    pub fn handle(&self) -> &std::fs::File {
+        &self.file
+    }
+
     pub fn get(&self, key: &str) -> Option<&MetaValue> {
         self.meta_index.get(key).map(|&i| &self.metadata[i].1)
     }
