@@ -97,6 +97,40 @@ pub fn header_tensors(path: &Path) -> Option<Vec<(String, String, Vec<u64>)>> {
     Some(out)
 }
 
+/// Where each tensor's bytes lie in a safetensors file: name → (start,
+/// end) as absolute file offsets (8 bytes of length, the JSON header, then
+/// the data section the header's `data_offsets` count from). None when the
+/// header cannot be read.
+pub fn data_ranges(path: &Path) -> Option<HashMap<String, (u64, u64)>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).ok()?;
+    let size = f.metadata().ok()?.len();
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n).ok()?;
+    let n = u64::from_le_bytes(n);
+    if n > size.saturating_sub(8) || n > 100 << 20 {
+        return None;
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&header).ok()?;
+    let base = 8 + n;
+    let mut out = HashMap::new();
+    for (name, t) in v.as_object()? {
+        if name == "__metadata__" {
+            continue;
+        }
+        let o = t.get("data_offsets")?.as_array()?;
+        let (a, b) = (o.first()?.as_u64()?, o.get(1)?.as_u64()?);
+        let (a, b) = (base.checked_add(a)?, base.checked_add(b)?);
+        if a > b || b > size {
+            return None;
+        }
+        out.insert(name.clone(), (a, b));
+    }
+    Some(out)
+}
+
 /// A checkpoint's files, memory-mapped, and which file holds each tensor.
 pub struct Checkpoint {
     pub st: MmapedSafetensors,

@@ -124,17 +124,19 @@ pub fn load(spec: &ModelSpec) -> Result<LoadedModel> {
     let (model, tokenizer) = std::thread::scope(|s| {
         let tokenizer = s.spawn(|| Tokenizer::from_dir(&path));
         let model = match spec.quantize {
-            Some(q) => {
-                dir_model_quantized(&path, q, spec.dtype, &spec.device).map(|(m, r)| (m, Some(r)))
-            }
-            None => dir_model(&path, spec.dtype, &spec.device).map(|m| (m, None)),
+            Some(q) => dir_model_quantized_in_place(&path, q, spec.dtype, &spec.device)
+                .map(|(m, r, regions)| (m, Some(r), regions)),
+            None => dir_model_in_place(&path, spec.dtype, &spec.device)
+                .map(|(m, regions)| (m, None, regions)),
         };
         (model, tokenizer.join())
     });
-    let (model, quant_report) = model?;
+    let (model, quant_report, regions) = model?;
     let tokenizer = join(tokenizer)?;
     // Decode streams every weight once per token: onto huge pages, on a
-    // thread of their own once loading is done (`ops::huge_pages`).
+    // thread of their own once loading is done (`ops::huge_pages`); the
+    // mapped weights move only now, as for a GGUF.
+    settle(regions, &model);
     crate::ops::huge_pages::collapse(model.weight_spans());
     let gen_cfg = path.join("generation_config.json");
     let eos_ids = if gen_cfg.is_file() {
@@ -185,10 +187,23 @@ fn or_config_eos(ids: Vec<u32>, config: &ModelConfig) -> Vec<u32> {
 /// The weights of a Hugging Face directory (config.json + safetensors),
 /// validated before any tensor is read. No tokenizer needed.
 pub fn dir_model(dir: &Path, dtype: DType, device: &Device) -> Result<Model> {
+    let (model, regions) = dir_model_in_place(dir, dtype, device)?;
+    settle(regions, &model);
+    Ok(model)
+}
+
+/// `dir_model`, with the mappings its weights use in place still to be
+/// moved ([`settle`]).
+fn dir_model_in_place(
+    dir: &Path,
+    dtype: DType,
+    device: &Device,
+) -> Result<(Model, Vec<mapped::Region>)> {
     let config = ModelConfig::from_file(&dir.join("config.json"))?;
     let src = safetensors::SafetensorsSource::open(dir, dtype, device)?;
     check(dir, &src.validate(&config).problems)?;
-    Model::load(config, &src, dtype, device)
+    let model = Model::load(config, &src, dtype, device)?;
+    Ok((model, src.take_regions()))
 }
 
 /// A Hugging Face directory with its projections quantized to `qtype` as
@@ -199,11 +214,25 @@ pub fn dir_model_quantized(
     dtype: DType,
     device: &Device,
 ) -> Result<(Model, QuantReport)> {
+    let (model, report, regions) = dir_model_quantized_in_place(dir, qtype, dtype, device)?;
+    settle(regions, &model);
+    Ok((model, report))
+}
+
+/// `dir_model_quantized`, with the mappings its float weights use in
+/// place still to be moved ([`settle`]).
+fn dir_model_quantized_in_place(
+    dir: &Path,
+    qtype: GgmlDType,
+    dtype: DType,
+    device: &Device,
+) -> Result<(Model, QuantReport, Vec<mapped::Region>)> {
     let config = ModelConfig::from_file(&dir.join("config.json"))?;
     let src = QuantizingSource::open(dir, qtype, dtype, device)?;
     check(dir, &src.inner().validate(&config).problems)?;
     let model = Model::load(config, &src, dtype, device)?;
-    Ok((model, src.report()))
+    let regions = src.inner().take_regions();
+    Ok((model, src.report(), regions))
 }
 
 /// The weights of an open GGUF file, projections kept quantized. On the
@@ -232,10 +261,11 @@ fn gguf_model_in_place(
 /// Starts moving a model's mapped weights into memory of their own: onto
 /// huge pages exactly when `ops::huge_pages::collapse` decides so for the
 /// same weights (the read order follows that decision).
-fn settle(region: Option<mapped::Region>, model: &Model) {
-    if let Some(region) = region {
-        let total = model.weight_spans().iter().map(|s| s.1).sum();
-        region.settle(crate::ops::huge_pages::wanted(total));
+fn settle(regions: impl IntoIterator<Item = mapped::Region>, model: &Model) {
+    let total = model.weight_spans().iter().map(|s| s.1).sum();
+    let huge = crate::ops::huge_pages::wanted(total);
+    for region in regions {
+        region.settle(huge);
     }
 }
 
