@@ -48,6 +48,7 @@ static USED: AtomicUsize = AtomicUsize::new(0);
 static REGISTERING: AtomicBool = AtomicBool::new(false);
 
 /// A free slot set to `start..end` with one user, or None when all are used.
+#[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
 fn register(start: usize, end: usize) -> Option<usize> {
     while REGISTERING
         .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
@@ -145,12 +146,13 @@ unsafe impl GlobalAlloc for Allocator {
     }
 }
 
+#[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
 const HUGE: usize = 2 << 20;
 #[cfg(test)]
 const PAGE: usize = 4096;
 
 /// The system's page size (4 KiB on x86; 16 or 64 KiB on some ARM).
-#[cfg(unix)]
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn page_size() -> usize {
     // SAFETY: sysconf only reads a system constant.
     match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
@@ -167,6 +169,7 @@ pub fn enabled() -> bool {
 
 /// A file mapped privately (read-write, copy on write) at a 2 MiB
 /// boundary; the handle is one user of it.
+#[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
 pub struct Region {
     slot: usize,
     start: usize,
