@@ -63,11 +63,11 @@ pub fn files(dir: &Path) -> Result<Vec<PathBuf>> {
     bail!("{}: no {SINGLE} or {INDEX} found", dir.display())
 }
 
-/// The tensors a safetensors file's header declares: (name, dtype, shape),
-/// read without mapping the file (the header only: 8 bytes of length, then
-/// JSON). None when the header cannot be read that way; opening the file
-/// for real then says what is wrong with it.
-pub fn header_tensors(path: &Path) -> Option<Vec<(String, String, Vec<u64>)>> {
+/// A safetensors file's header, read without mapping the file (8 bytes of
+/// length, then JSON): the tensors' entries (without `__metadata__`), where
+/// the data section starts, and the file's size. None when it cannot be
+/// read that way; opening the file for real then says what is wrong.
+fn read_header(path: &Path) -> Option<(serde_json::Map<String, serde_json::Value>, u64, u64)> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).ok()?;
     let size = f.metadata().ok()?.len();
@@ -79,12 +79,19 @@ pub fn header_tensors(path: &Path) -> Option<Vec<(String, String, Vec<u64>)>> {
     }
     let mut header = vec![0u8; n as usize];
     f.read_exact(&mut header).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&header).ok()?;
+    let serde_json::Value::Object(mut entries) = serde_json::from_slice(&header).ok()? else {
+        return None;
+    };
+    entries.remove("__metadata__");
+    Some((entries, 8 + n, size))
+}
+
+/// The tensors a safetensors file's header declares: (name, dtype, shape),
+/// from the header alone (`read_header`).
+pub fn header_tensors(path: &Path) -> Option<Vec<(String, String, Vec<u64>)>> {
+    let (entries, _, _) = read_header(path)?;
     let mut out = Vec::new();
-    for (name, t) in v.as_object()? {
-        if name == "__metadata__" {
-            continue;
-        }
+    for (name, t) in &entries {
         let dtype = t.get("dtype")?.as_str()?.to_string();
         let shape = t
             .get("shape")?
@@ -98,35 +105,19 @@ pub fn header_tensors(path: &Path) -> Option<Vec<(String, String, Vec<u64>)>> {
 }
 
 /// Where each tensor's bytes lie in a safetensors file: name → (start,
-/// end) as absolute file offsets (8 bytes of length, the JSON header, then
-/// the data section the header's `data_offsets` count from). None when the
-/// header cannot be read.
+/// end) as absolute file offsets (the header's `data_offsets` count from
+/// the end of the header). None when the header cannot be read.
 pub fn data_ranges(path: &Path) -> Option<HashMap<String, (u64, u64)>> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).ok()?;
-    let size = f.metadata().ok()?.len();
-    let mut n = [0u8; 8];
-    f.read_exact(&mut n).ok()?;
-    let n = u64::from_le_bytes(n);
-    if n > size.saturating_sub(8) || n > 100 << 20 {
-        return None;
-    }
-    let mut header = vec![0u8; n as usize];
-    f.read_exact(&mut header).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&header).ok()?;
-    let base = 8 + n;
+    let (entries, base, size) = read_header(path)?;
     let mut out = HashMap::new();
-    for (name, t) in v.as_object()? {
-        if name == "__metadata__" {
-            continue;
-        }
+    for (name, t) in entries {
         let o = t.get("data_offsets")?.as_array()?;
         let (a, b) = (o.first()?.as_u64()?, o.get(1)?.as_u64()?);
         let (a, b) = (base.checked_add(a)?, base.checked_add(b)?);
         if a > b || b > size {
             return None;
         }
-        out.insert(name.clone(), (a, b));
+        out.insert(name, (a, b));
     }
     Some(out)
 }

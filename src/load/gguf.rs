@@ -503,16 +503,8 @@ mod tests {
             let copied = file.qtensor(&name, &Device::Cpu).unwrap();
             let (addr, bytes) = match src.float_tensor(&name).unwrap() {
                 Some(f) => {
-                    let (s, _) = f.storage_and_layout();
-                    let candle_core::Storage::Cpu(c) = &*s else {
-                        unreachable!()
-                    };
-                    let addr = match c {
-                        candle_core::CpuStorage::F32(v) => v.as_ptr() as usize,
-                        candle_core::CpuStorage::F16(v) => v.as_ptr() as usize,
-                        candle_core::CpuStorage::BF16(v) => v.as_ptr() as usize,
-                        _ => panic!("{name}: not a float storage"),
-                    };
+                    let (addr, _) = crate::ops::matmul::dense_rows(&f, |r| Some(r.span()))
+                        .expect("a CPU float tensor");
                     let stored = f.flatten_all().unwrap();
                     let want = copied
                         .dequantize(&Device::Cpu)

@@ -289,15 +289,6 @@ impl Region {
         addr >= self.start && addr.saturating_add(bytes) <= self.start + self.len
     }
 
-    /// Bytes mapped.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Starts moving the region into anonymous memory, on huge pages when
     /// `huge`, on a thread of its own (`ops::huge_pages::wait` waits for
     /// it). Without a thread the weights stay in the mapping.

@@ -209,16 +209,8 @@ mod tests {
                 if !mapping {
                     continue;
                 }
-                let (s, _) = t.storage_and_layout();
-                let candle_core::Storage::Cpu(c) = &*s else {
-                    unreachable!()
-                };
-                let (addr, bytes) = match c {
-                    candle_core::CpuStorage::F32(v) => (v.as_ptr() as usize, 4 * v.len()),
-                    candle_core::CpuStorage::F16(v) => (v.as_ptr() as usize, 2 * v.len()),
-                    candle_core::CpuStorage::BF16(v) => (v.as_ptr() as usize, 2 * v.len()),
-                    _ => panic!("{}: not a float storage", info.name),
-                };
+                let (addr, bytes) = crate::ops::matmul::dense_rows(&t, |r| Some(r.span()))
+                    .expect("a CPU float tensor");
                 let regions = src.in_place.lock().unwrap();
                 assert!(
                     regions.iter().any(|r| r.holds(addr, bytes)),
